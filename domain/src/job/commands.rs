@@ -1,0 +1,94 @@
+//! What can be asked of a job. Time (`now`), ids and randomness are injected by the
+//! caller: the database clock, fresh UUIDs, a jitter draw.
+
+use crate::{FactoryId, JobId, Priority, ProductId, RunId, Timestamp};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub const LEASE_TTL_DEFAULT_SECS: u32 = 60;
+pub const LEASE_TTL_MIN_SECS: u32 = 10;
+pub const LEASE_TTL_MAX_SECS: u32 = 3_600;
+
+/// A job as submitted by an operator, already parsed (the API checks JSON shapes,
+/// the aggregate checks values).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewJob {
+    pub job_id: JobId,
+    pub product_id: ProductId,
+    pub title: String,
+    pub payload: Value,
+    pub required_capabilities: Vec<String>,
+    pub priority: Priority,
+    pub budget_usd: f64,
+    pub max_attempts: u32,
+    pub timeout_secs: Option<u32>,
+}
+
+/// The status a factory reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportStatus {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// A factory's report on its run.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Report {
+    pub progress: Option<f64>,
+    pub checkpoint: Option<Value>,
+    pub cost_usd: Option<f64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobCommand {
+    /// Create the job (queued at once: DAG blocking comes with the DAG issue).
+    Submit { job: NewJob, now: Timestamp },
+    /// Grant a lease to a factory (the claim path picked this job for it).
+    GrantLease {
+        run_id: RunId,
+        factory_id: FactoryId,
+        factory_capabilities: Vec<String>,
+        ttl_secs: u32,
+        now: Timestamp,
+    },
+    /// The holder extends its lease; the epoch does not change.
+    RenewLease {
+        epoch: u64,
+        ttl_secs: u32,
+        now: Timestamp,
+    },
+    /// The holder gives the job back (no attempt used), optionally with a checkpoint.
+    ReleaseLease {
+        epoch: u64,
+        checkpoint: Option<Value>,
+        now: Timestamp,
+    },
+    /// The holder reports on its run. `jitter` ∈ [0,1) spreads retry backoff.
+    Report {
+        epoch: u64,
+        status: ReportStatus,
+        report: Report,
+        jitter: f64,
+        now: Timestamp,
+    },
+    /// The coordinator ends a lease that was not renewed in time.
+    ExpireLease { jitter: f64, now: Timestamp },
+    /// The holder's factory was revoked: its lease ends, no attempt used.
+    RevokeLease {
+        factory_id: FactoryId,
+        now: Timestamp,
+    },
+    /// An operator approves a job in `review`.
+    Ship { now: Timestamp },
+    /// An operator cancels a job that has not ended.
+    Cancel {
+        reason: Option<String>,
+        now: Timestamp,
+    },
+    /// An operator changes the priority of a job that has not ended.
+    Reprioritise { priority: Priority, now: Timestamp },
+}
