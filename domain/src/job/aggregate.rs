@@ -19,6 +19,7 @@ pub struct Lease {
     pub epoch: u64,
     pub run_id: RunId,
     pub factory_id: FactoryId,
+    pub ttl_secs: u32,
     pub granted_at: Timestamp,
     pub expires_at: Timestamp,
 }
@@ -75,10 +76,15 @@ impl Job {
         }
     }
 
-    /// The lease, if `epoch` is its epoch and it has not expired by `now`.
-    fn valid_lease(&self, epoch: u64, now: Timestamp) -> Result<&Lease, JobError> {
+    /// The lease, if `factory` holds it with `epoch` and it has not expired by `now`.
+    fn valid_lease(
+        &self,
+        factory: FactoryId,
+        epoch: u64,
+        now: Timestamp,
+    ) -> Result<&Lease, JobError> {
         match &self.lease {
-            Some(l) if l.epoch == epoch && l.expires_at > now => Ok(l),
+            Some(l) if l.epoch == epoch && l.factory_id == factory && l.expires_at > now => Ok(l),
             _ => Err(self.fenced()),
         }
     }
@@ -131,17 +137,22 @@ impl Job {
                     epoch: self.version + 1,
                     run_id,
                     factory_id,
+                    ttl_secs,
                     expires_at: self.expiry(now, ttl_secs, now),
                     at: now,
                 }])
             }
             RenewLease {
+                factory_id,
                 epoch,
                 ttl_secs,
                 now,
             } => {
-                check_ttl(ttl_secs)?;
-                let lease = self.valid_lease(epoch, now)?;
+                if let Some(ttl) = ttl_secs {
+                    check_ttl(ttl)?;
+                }
+                let lease = self.valid_lease(factory_id, epoch, now)?;
+                let ttl_secs = ttl_secs.unwrap_or(lease.ttl_secs);
                 let expires_at = self
                     .expiry(lease.granted_at, ttl_secs, now)
                     .max(lease.expires_at);
@@ -152,11 +163,12 @@ impl Job {
                 }])
             }
             ReleaseLease {
+                factory_id,
                 epoch,
                 checkpoint,
                 now,
             } => {
-                let lease = self.valid_lease(epoch, now)?;
+                let lease = self.valid_lease(factory_id, epoch, now)?;
                 Ok(vec![JobEvent::LeaseReleased {
                     epoch,
                     run_id: lease.run_id,
@@ -165,12 +177,13 @@ impl Job {
                 }])
             }
             Report {
+                factory_id,
                 epoch,
                 status,
                 report,
                 jitter,
                 now,
-            } => self.report(epoch, status, report, jitter, now),
+            } => self.report(factory_id, epoch, status, report, jitter, now),
             ExpireLease { jitter, now } => {
                 let lease = self.lease.as_ref().ok_or(JobError::NotExpired)?;
                 if lease.expires_at > now {
@@ -269,6 +282,7 @@ impl Job {
 
     fn report(
         &self,
+        factory_id: FactoryId,
         epoch: u64,
         status: ReportStatus,
         report: Report,
@@ -302,7 +316,7 @@ impl Job {
                 ));
             }
         }
-        let lease = self.valid_lease(epoch, now)?;
+        let lease = self.valid_lease(factory_id, epoch, now)?;
         let event = match status {
             ReportStatus::Running => JobEvent::RunProgressed {
                 epoch,
@@ -413,6 +427,7 @@ impl Aggregate for Job {
                 epoch,
                 run_id,
                 factory_id,
+                ttl_secs,
                 expires_at,
                 at,
             } => {
@@ -423,6 +438,7 @@ impl Aggregate for Job {
                     epoch,
                     run_id,
                     factory_id,
+                    ttl_secs,
                     granted_at: at,
                     expires_at,
                 });

@@ -56,19 +56,23 @@ pub enum JobCommand {
         now: Timestamp,
     },
     /// The holder extends its lease; the epoch does not change.
+    /// `ttl_secs`: `None` keeps the TTL the lease was granted with.
     RenewLease {
+        factory_id: FactoryId,
         epoch: u64,
-        ttl_secs: u32,
+        ttl_secs: Option<u32>,
         now: Timestamp,
     },
     /// The holder gives the job back (no attempt used), optionally with a checkpoint.
     ReleaseLease {
+        factory_id: FactoryId,
         epoch: u64,
         checkpoint: Option<Value>,
         now: Timestamp,
     },
     /// The holder reports on its run. `jitter` ∈ [0,1) spreads retry backoff.
     Report {
+        factory_id: FactoryId,
         epoch: u64,
         status: ReportStatus,
         report: Report,

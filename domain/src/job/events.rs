@@ -49,6 +49,7 @@ pub enum JobEvent {
         epoch: u64,
         run_id: RunId,
         factory_id: FactoryId,
+        ttl_secs: u32,
         expires_at: Timestamp,
         at: Timestamp,
     },

@@ -83,12 +83,13 @@ proptest! {
             // A "stale" epoch: anything that is not the current lease's.
             let pick = |fresh: bool| if fresh { epoch_now.unwrap_or(1) } else { epoch_now.map(|e| e + 1).unwrap_or(1) + 7 };
             let now = t(clock);
+            let holder = job.lease.as_ref().map(|l| l.factory_id).unwrap_or_default();
             let cmd = match s {
                 Step::Wait(d) => { clock += i64::from(d); continue; }
                 Step::Grant(f) => { run += 1; JobCommand::GrantLease { run_id: RunId(Uuid::from_u128(run)), factory_id: FactoryId(Uuid::from_u128(u128::from(f))), factory_capabilities: vec![], ttl_secs: 30, now } }
-                Step::Renew(fresh) => JobCommand::RenewLease { epoch: pick(fresh), ttl_secs: 30, now },
-                Step::Release(fresh) => JobCommand::ReleaseLease { epoch: pick(fresh), checkpoint: None, now },
-                Step::Report(fresh, st) => JobCommand::Report { epoch: pick(fresh), status: [ReportStatus::Running, ReportStatus::Succeeded, ReportStatus::Failed][st as usize], report: Report::default(), jitter: 0.5, now },
+                Step::Renew(fresh) => JobCommand::RenewLease { factory_id: holder, epoch: pick(fresh), ttl_secs: Some(30), now },
+                Step::Release(fresh) => JobCommand::ReleaseLease { factory_id: holder, epoch: pick(fresh), checkpoint: None, now },
+                Step::Report(fresh, st) => JobCommand::Report { factory_id: holder, epoch: pick(fresh), status: [ReportStatus::Running, ReportStatus::Succeeded, ReportStatus::Failed][st as usize], report: Report::default(), jitter: 0.5, now },
                 Step::Expire => JobCommand::ExpireLease { jitter: 0.5, now },
                 Step::Ship => JobCommand::Ship { now },
                 Step::Cancel => JobCommand::Cancel { reason: None, now },

@@ -43,6 +43,7 @@ fn granted(epoch: u64, at: i64) -> JobEvent {
         epoch,
         run_id: RUN,
         factory_id: FACTORY,
+        ttl_secs: 60,
         expires_at: t(at + 60),
         at: t(at),
     }
@@ -60,6 +61,7 @@ fn grant(now: i64) -> JobCommand {
 
 fn report(epoch: u64, status: ReportStatus, now: i64) -> JobCommand {
     JobCommand::Report {
+        factory_id: FACTORY,
         epoch,
         status,
         report: Report::default(),
@@ -130,8 +132,9 @@ async fn renew_keeps_the_epoch_and_moves_expiry() {
     JobTest::with(())
         .given(vec![submitted(3), granted(2, 1)])
         .when_async(JobCommand::RenewLease {
+            factory_id: FACTORY,
             epoch: 2,
-            ttl_secs: 60,
+            ttl_secs: None,
             now: t(30),
         })
         .await
@@ -147,8 +150,9 @@ async fn stale_epoch_is_fenced() {
     let err = JobTest::with(())
         .given(vec![submitted(3), granted(2, 1)])
         .when_async(JobCommand::RenewLease {
+            factory_id: FACTORY,
             epoch: 1,
-            ttl_secs: 60,
+            ttl_secs: None,
             now: t(30),
         })
         .await
@@ -181,6 +185,7 @@ async fn success_moves_to_review() {
     JobTest::with(())
         .given(vec![submitted(3), granted(2, 1)])
         .when_async(JobCommand::Report {
+            factory_id: FACTORY,
             epoch: 2,
             status: ReportStatus::Succeeded,
             report: Report {
@@ -304,8 +309,9 @@ async fn timeout_bounds_renewals() {
             granted(2, 1),
         ])
         .when_async(JobCommand::RenewLease {
+            factory_id: FACTORY,
             epoch: 2,
-            ttl_secs: 60,
+            ttl_secs: None,
             now: t(59),
         })
         .await
@@ -350,4 +356,20 @@ async fn cancel_ends_a_held_lease() {
             reason: None,
             at: t(3),
         }]);
+}
+
+#[tokio::test]
+async fn another_factory_cannot_write_on_the_lease() {
+    let err = JobTest::with(())
+        .given(vec![submitted(3), granted(2, 1)])
+        .when_async(JobCommand::RenewLease {
+            factory_id: FactoryId(Uuid::from_u128(1234)),
+            epoch: 2,
+            ttl_secs: None,
+            now: t(5),
+        })
+        .await
+        .inspect_result()
+        .unwrap_err();
+    assert!(matches!(err, JobError::Fenced { .. }));
 }

@@ -1,0 +1,141 @@
+//! `factory_view`: enrolled factories, their products, capabilities and capacity.
+//! Health, load and leases are joined in at query time (liveness is not history).
+
+use crate::{EventRecord, ProjectionError};
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use gigafactory_domain::factory::Factory;
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+pub async fn apply(conn: &mut PgConnection, event: &EventRecord) -> Result<(), ProjectionError> {
+    if event.aggregate_type != Factory::TYPE {
+        return Ok(());
+    }
+    let id = factory_id_of(&event.aggregate_id);
+    let row =
+        sqlx::query("SELECT version, state FROM factory_view WHERE factory_id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let mut factory = match row {
+        Some(r) if r.get::<i64, _>("version") >= event.sequence => return Ok(()),
+        Some(r) => {
+            serde_json::from_value::<Factory>(r.get("state")).map_err(ProjectionError::State)?
+        }
+        None => Factory::default(),
+    };
+    factory.apply(event.decode::<Factory>()?);
+    let Some(spec) = &factory.spec else {
+        return Ok(());
+    };
+    let products: Vec<&str> = spec.product_ids.iter().map(|p| p.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO factory_view (factory_id, name, product_ids, capabilities, capacity, status,
+             enrolled_at, version, state)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (factory_id) DO UPDATE SET status = EXCLUDED.status,
+             version = EXCLUDED.version, state = EXCLUDED.state
+         WHERE factory_view.version < EXCLUDED.version",
+    )
+    .bind(id)
+    .bind(&spec.name)
+    .bind(&products)
+    .bind(&spec.capabilities)
+    .bind(spec.capacity as i32)
+    .bind(
+        serde_json::to_value(factory.status)
+            .unwrap()
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
+    .bind(factory.enrolled_at)
+    .bind(factory.version as i64)
+    .bind(serde_json::to_value(&factory).expect("factory state serialises"))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The factory id in a factory stream id (`factory:<uuid>`).
+pub fn factory_id_of(aggregate_id: &str) -> Uuid {
+    aggregate_id
+        .strip_prefix("factory:")
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .unwrap_or_default()
+}
+
+/// A factory as the fleet map and the claim path need it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FactoryRow {
+    pub factory_id: Uuid,
+    pub name: String,
+    pub product_ids: Vec<String>,
+    pub capabilities: Vec<String>,
+    pub capacity: i32,
+    pub status: String,
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    /// Seconds since the last heartbeat by the database clock (None: never).
+    pub heartbeat_age_secs: Option<f64>,
+}
+
+fn row(r: &sqlx::postgres::PgRow) -> FactoryRow {
+    FactoryRow {
+        factory_id: r.get("factory_id"),
+        name: r.get("name"),
+        product_ids: r.get("product_ids"),
+        capabilities: r.get("capabilities"),
+        capacity: r.get("capacity"),
+        status: r.get("status"),
+        last_heartbeat_at: r.get("last_heartbeat_at"),
+        heartbeat_age_secs: r.get("age"),
+    }
+}
+
+const SELECT: &str =
+    "SELECT f.factory_id, f.name, f.product_ids, f.capabilities, f.capacity, f.status,
+        l.last_heartbeat_at, extract(epoch FROM now() - l.last_heartbeat_at)::float8 AS age
+     FROM factory_view f LEFT JOIN factory_liveness l USING (factory_id)";
+
+/// One factory; `lock` takes its row lock (serialises one factory's claims so it
+/// never exceeds its capacity).
+pub async fn get(
+    conn: &mut PgConnection,
+    id: Uuid,
+    lock: bool,
+) -> Result<Option<FactoryRow>, sqlx::Error> {
+    let sql = if lock {
+        format!("{SELECT} WHERE f.factory_id = $1 FOR UPDATE OF f")
+    } else {
+        format!("{SELECT} WHERE f.factory_id = $1")
+    };
+    Ok(sqlx::query(&sql)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .as_ref()
+        .map(row))
+}
+
+/// Active factories serving any product in `scope` (`None` = all), by name.
+pub async fn list(
+    conn: &mut PgConnection,
+    scope: Option<&[String]>,
+    after: Option<(String, Uuid)>,
+    limit: i64,
+) -> Result<Vec<FactoryRow>, sqlx::Error> {
+    let sql = format!(
+        "{SELECT} WHERE f.status = 'active' AND ($1::text[] IS NULL OR f.product_ids && $1)
+           AND ($2::text IS NULL OR (f.name, f.factory_id) > ($2, $3))
+         ORDER BY f.name, f.factory_id LIMIT $4"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(scope)
+        .bind(after.as_ref().map(|a| a.0.clone()))
+        .bind(after.map(|a| a.1))
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(rows.iter().map(row).collect())
+}

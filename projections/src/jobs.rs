@@ -1,0 +1,280 @@
+//! `job_view`: the job list, job detail and the claimable queue. Each row holds the
+//! job aggregate's state at `version`, plus the columns queries filter and sort on.
+
+use crate::{EventRecord, ProjectionError};
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use gigafactory_domain::job::Job;
+use gigafactory_domain::{JobId, Priority, Stage};
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+/// Applies a job event: the stored state advanced by one event.
+pub async fn apply(conn: &mut PgConnection, event: &EventRecord) -> Result<(), ProjectionError> {
+    if event.aggregate_type != Job::TYPE {
+        return Ok(());
+    }
+    let job_id = job_id_of(&event.aggregate_id);
+    let row = sqlx::query("SELECT version, state FROM job_view WHERE job_id = $1 FOR UPDATE")
+        .bind(job_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let mut job = match row {
+        Some(r) if r.get::<i64, _>("version") >= event.sequence => return Ok(()),
+        Some(r) => serde_json::from_value::<Job>(r.get("state")).map_err(ProjectionError::State)?,
+        None => Job::default(),
+    };
+    job.apply(event.decode::<Job>()?);
+    write(conn, &job).await
+}
+
+/// The job id in a job stream id (`<product>/<uuid>`).
+pub fn job_id_of(aggregate_id: &str) -> Uuid {
+    aggregate_id
+        .rsplit('/')
+        .next()
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .unwrap_or_default()
+}
+
+async fn write(conn: &mut PgConnection, job: &Job) -> Result<(), ProjectionError> {
+    let Some(spec) = &job.spec else { return Ok(()) };
+    let lease = job.lease.as_ref();
+    sqlx::query(
+        "INSERT INTO job_view (job_id, product_id, title, stage, priority, priority_rank,
+             required_capabilities, attempts, max_attempts, lease_factory_id, lease_epoch,
+             lease_expires_at, available_at, created_at, updated_at, version, state)
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)
+         ON CONFLICT (job_id) DO UPDATE SET title = EXCLUDED.title, stage = EXCLUDED.stage,
+             priority = EXCLUDED.priority, priority_rank = EXCLUDED.priority_rank,
+             attempts = EXCLUDED.attempts, lease_factory_id = EXCLUDED.lease_factory_id,
+             lease_epoch = EXCLUDED.lease_epoch, lease_expires_at = EXCLUDED.lease_expires_at,
+             available_at = EXCLUDED.available_at, updated_at = EXCLUDED.updated_at,
+             version = EXCLUDED.version, state = EXCLUDED.state
+         WHERE job_view.version < EXCLUDED.version",
+    )
+    .bind(spec.job_id.0)
+    .bind(spec.product_id.as_str())
+    .bind(&spec.title)
+    .bind(job.stage.as_str())
+    .bind(spec.priority.as_str())
+    .bind(spec.priority.rank())
+    .bind(&spec.required_capabilities)
+    .bind(job.attempts as i32)
+    .bind(spec.max_attempts as i32)
+    .bind(lease.map(|l| l.factory_id.0))
+    .bind(lease.map(|l| l.epoch as i64))
+    .bind(lease.map(|l| l.expires_at))
+    .bind(job.available_at)
+    .bind(job.created_at)
+    .bind(job.updated_at)
+    .bind(job.version as i64)
+    .bind(serde_json::to_value(job).expect("job state serialises"))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// One job as the read model has it.
+pub async fn get(conn: &mut PgConnection, job_id: JobId) -> Result<Option<Job>, ProjectionError> {
+    let state: Option<serde_json::Value> =
+        sqlx::query_scalar("SELECT state FROM job_view WHERE job_id = $1")
+            .bind(job_id.0)
+            .fetch_optional(&mut *conn)
+            .await?;
+    state
+        .map(|s| serde_json::from_value(s).map_err(ProjectionError::State))
+        .transpose()
+}
+
+/// Filters for the job list.
+#[derive(Debug, Default, Clone)]
+pub struct JobFilter {
+    /// Products the caller may see (`None` = all).
+    pub scope: Option<Vec<String>>,
+    pub product_id: Option<String>,
+    pub stage: Option<Stage>,
+    pub priority: Option<Priority>,
+    /// Keyset cursor: (created_at, job_id) of the last item of the previous page.
+    pub after: Option<(DateTime<Utc>, Uuid)>,
+    pub limit: i64,
+}
+
+/// Jobs, newest first, after the cursor.
+pub async fn list(conn: &mut PgConnection, f: &JobFilter) -> Result<Vec<Job>, ProjectionError> {
+    let rows = sqlx::query(
+        "SELECT state FROM job_view
+         WHERE ($1::text[] IS NULL OR product_id = ANY($1))
+           AND ($2::text IS NULL OR product_id = $2)
+           AND ($3::text IS NULL OR stage = $3)
+           AND ($4::text IS NULL OR priority = $4)
+           AND ($5::timestamptz IS NULL OR (created_at, job_id) < ($5, $6))
+         ORDER BY created_at DESC, job_id DESC
+         LIMIT $7",
+    )
+    .bind(f.scope.as_deref())
+    .bind(f.product_id.as_deref())
+    .bind(f.stage.map(|s| s.as_str()))
+    .bind(f.priority.map(|p| p.as_str()))
+    .bind(f.after.map(|a| a.0))
+    .bind(f.after.map(|a| a.1))
+    .bind(f.limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| serde_json::from_value(r.get("state")).map_err(ProjectionError::State))
+        .collect()
+}
+
+/// The product of a job, for scoping a request before its aggregate is loaded.
+pub async fn product_of(
+    conn: &mut PgConnection,
+    job_id: Uuid,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT product_id FROM job_view WHERE job_id = $1")
+        .bind(job_id)
+        .fetch_optional(&mut *conn)
+        .await
+}
+
+/// A claimable job, locked for this transaction.
+#[derive(Debug, Clone)]
+pub struct ClaimableRow {
+    pub job_id: Uuid,
+    pub product_id: String,
+    pub priority: String,
+    pub created_at: DateTime<Utc>,
+    pub required_capabilities: Vec<String>,
+}
+
+/// Locks up to `limit` queued, available jobs of `products` that a factory with
+/// `capabilities` may run, in claim order, skipping rows other claimers hold.
+pub async fn lock_claimable(
+    conn: &mut PgConnection,
+    products: &[String],
+    capabilities: &[String],
+    limit: i64,
+) -> Result<Vec<ClaimableRow>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT job_id, product_id, priority, created_at, required_capabilities FROM job_view
+         WHERE stage = 'queued' AND product_id = ANY($1)
+           AND required_capabilities <@ $2
+           AND (available_at IS NULL OR available_at <= now())
+         ORDER BY priority_rank, created_at, job_id
+         LIMIT $3
+         FOR UPDATE SKIP LOCKED",
+    )
+    .bind(products)
+    .bind(capabilities)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| ClaimableRow {
+            job_id: r.get("job_id"),
+            product_id: r.get("product_id"),
+            priority: r.get("priority"),
+            created_at: r.get("created_at"),
+            required_capabilities: r.get("required_capabilities"),
+        })
+        .collect())
+}
+
+/// How many leases a factory holds now.
+pub async fn lease_count(conn: &mut PgConnection, factory_id: Uuid) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM job_view WHERE lease_factory_id = $1")
+        .bind(factory_id)
+        .fetch_one(&mut *conn)
+        .await
+}
+
+/// A lease as the fleet map shows it.
+#[derive(Debug, Clone)]
+pub struct HeldLease {
+    pub factory_id: Uuid,
+    pub job_id: Uuid,
+    pub product_id: String,
+    pub epoch: i64,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The leases held by these factories.
+pub async fn leases_of(
+    conn: &mut PgConnection,
+    factories: &[Uuid],
+) -> Result<Vec<HeldLease>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT lease_factory_id, job_id, product_id, lease_epoch, lease_expires_at FROM job_view
+         WHERE lease_factory_id = ANY($1) ORDER BY lease_expires_at",
+    )
+    .bind(factories)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| HeldLease {
+            factory_id: r.get("lease_factory_id"),
+            job_id: r.get("job_id"),
+            product_id: r.get("product_id"),
+            epoch: r.get("lease_epoch"),
+            expires_at: r.get("lease_expires_at"),
+        })
+        .collect())
+}
+
+/// Jobs whose lease has expired by the database clock, locked (skip locked) so that
+/// several sweepers share the work.
+pub async fn lock_expired_leases(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT job_id, product_id FROM job_view
+         WHERE lease_expires_at <= now() AND lease_factory_id IS NOT NULL
+         ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get("job_id"), r.get("product_id")))
+        .collect())
+}
+
+/// Jobs leased by revoked factories (their leases must be released).
+pub async fn leased_by_revoked(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> Result<Vec<(Uuid, String, Uuid)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT j.job_id, j.product_id, j.lease_factory_id FROM job_view j
+         JOIN factory_view f ON f.factory_id = j.lease_factory_id
+         WHERE f.status = 'revoked' LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get("job_id"),
+                r.get("product_id"),
+                r.get("lease_factory_id"),
+            )
+        })
+        .collect())
+}
+
+/// The earliest instant a backing-off queued job becomes claimable, if any.
+pub async fn next_available_at(
+    conn: &mut PgConnection,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT min(available_at) FROM job_view WHERE stage = 'queued' AND available_at > now()",
+    )
+    .fetch_one(&mut *conn)
+    .await
+}

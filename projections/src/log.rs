@@ -1,0 +1,263 @@
+//! The event log: append, load a stream, give positions (the sequencer), read by
+//! position. Appends go through our own SQL (not postgres-es's `persist`, which opens
+//! its own transaction) so that a command's events, its read-model updates and the
+//! claim's row locks share one transaction. The table is postgres-es's, so its
+//! `PostgresEventRepository` reads it too.
+
+use crate::ProjectionError;
+use chrono::{DateTime, Utc};
+use cqrs_es::{Aggregate, DomainEvent};
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool, Row};
+
+/// The channel on which every appending transaction notifies (on commit).
+pub const EVENTS_CHANNEL: &str = "gigafactory_events";
+
+/// An event to append.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub aggregate_type: &'static str,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: Value,
+    pub product_id: Option<String>,
+    pub visible_to: Vec<String>,
+}
+
+impl NewEvent {
+    /// Serialises a domain event of aggregate `A` at `sequence`.
+    pub fn of<A: Aggregate>(
+        aggregate_id: &str,
+        sequence: u64,
+        event: &A::Event,
+        product_id: Option<&str>,
+        visible_to: &[String],
+    ) -> Self {
+        Self {
+            aggregate_type: A::TYPE,
+            aggregate_id: aggregate_id.to_string(),
+            sequence: sequence as i64,
+            event_type: event.event_type(),
+            event_version: event.event_version(),
+            payload: serde_json::to_value(event).expect("domain events serialise"),
+            product_id: product_id.map(str::to_string),
+            visible_to: visible_to.to_vec(),
+        }
+    }
+}
+
+/// An event as stored. `position` is `None` until the sequencer has given it one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    pub id: i64,
+    pub position: Option<i64>,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub payload: Value,
+    pub recorded_at: DateTime<Utc>,
+    pub product_id: Option<String>,
+    pub visible_to: Vec<String>,
+}
+
+impl EventRecord {
+    /// Deserialises the payload as aggregate `A`'s event.
+    pub fn decode<A: Aggregate>(&self) -> Result<A::Event, ProjectionError> {
+        serde_json::from_value(self.payload.clone()).map_err(|source| ProjectionError::Payload {
+            event_type: self.event_type.clone(),
+            aggregate_id: self.aggregate_id.clone(),
+            sequence: self.sequence,
+            source,
+        })
+    }
+}
+
+/// Why an append failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Another writer appended to the stream first (optimistic concurrency).
+    #[error("concurrent append to the same stream")]
+    Conflict,
+    #[error(transparent)]
+    Db(sqlx::Error),
+}
+
+/// Appends events in the caller's transaction and notifies listeners on commit.
+pub async fn append(
+    tx: &mut PgConnection,
+    events: &[NewEvent],
+) -> Result<Vec<EventRecord>, AppendError> {
+    if events.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut types = Vec::new();
+    let mut ids = Vec::new();
+    let mut seqs = Vec::new();
+    let mut etypes = Vec::new();
+    let mut versions = Vec::new();
+    let mut payloads = Vec::new();
+    let mut products = Vec::new();
+    let mut visible = Vec::new();
+    for e in events {
+        types.push(e.aggregate_type.to_string());
+        ids.push(e.aggregate_id.clone());
+        seqs.push(e.sequence);
+        etypes.push(e.event_type.clone());
+        versions.push(e.event_version.clone());
+        payloads.push(e.payload.to_string());
+        products.push(e.product_id.clone());
+        // text[] of text[] is not a thing in Postgres: pass as one joined string.
+        visible.push(e.visible_to.join("\u{1f}"));
+    }
+    let rows = sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                             payload, metadata, product_id, visible_to)
+         SELECT t, i, s, et, v, p::json, '{}'::json, pr,
+                CASE WHEN vis = '' THEN '{}'::text[] ELSE string_to_array(vis, chr(31)) END
+         FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::text[]) AS u(t, i, s, et, v, p, pr, vis)
+         RETURNING id, recorded_at",
+    )
+    .bind(&types)
+    .bind(&ids)
+    .bind(&seqs)
+    .bind(&etypes)
+    .bind(&versions)
+    .bind(&payloads)
+    .bind(&products)
+    .bind(&visible)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(|e| match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => AppendError::Conflict,
+        _ => AppendError::Db(e),
+    })?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(EVENTS_CHANNEL)
+        .execute(&mut *tx)
+        .await
+        .map_err(AppendError::Db)?;
+    Ok(events
+        .iter()
+        .zip(rows)
+        .map(|(e, row)| EventRecord {
+            id: row.get("id"),
+            position: None,
+            aggregate_type: e.aggregate_type.to_string(),
+            aggregate_id: e.aggregate_id.clone(),
+            sequence: e.sequence,
+            event_type: e.event_type.clone(),
+            payload: e.payload.clone(),
+            recorded_at: row.get("recorded_at"),
+            product_id: e.product_id.clone(),
+            visible_to: e.visible_to.clone(),
+        })
+        .collect())
+}
+
+/// Loads aggregate `A` by replaying its stream (in the caller's transaction).
+pub async fn load<A: Aggregate>(
+    conn: &mut PgConnection,
+    aggregate_id: &str,
+) -> Result<A, ProjectionError> {
+    load_until::<A>(conn, aggregate_id, i64::MAX).await
+}
+
+/// Loads aggregate `A` as it was at `version` (events with sequence ≤ version).
+pub async fn load_until<A: Aggregate>(
+    conn: &mut PgConnection,
+    aggregate_id: &str,
+    version: i64,
+) -> Result<A, ProjectionError> {
+    let rows = sqlx::query(
+        "SELECT sequence, event_type, payload::jsonb AS payload FROM events
+         WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence <= $3 ORDER BY sequence",
+    )
+    .bind(A::TYPE)
+    .bind(aggregate_id)
+    .bind(version)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut aggregate = A::default();
+    for row in rows {
+        let payload: Value = row.get("payload");
+        let event: A::Event =
+            serde_json::from_value(payload).map_err(|source| ProjectionError::Payload {
+                event_type: row.get("event_type"),
+                aggregate_id: aggregate_id.to_string(),
+                sequence: row.get("sequence"),
+                source,
+            })?;
+        aggregate.apply(event);
+    }
+    Ok(aggregate)
+}
+
+/// Runs the sequencer once (one at a time across processes: it waits for the log
+/// head's row lock). Returns how many events got a position.
+pub async fn assign_positions(pool: &PgPool, max_batch: i32) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT gf_assign_positions($1)")
+        .bind(max_batch)
+        .fetch_one(pool)
+        .await
+}
+
+/// Who may see an event: `None` = every product (`*`), else these products.
+pub type Scope<'a> = Option<&'a [String]>;
+
+const RECORD_COLUMNS: &str = "id, position, aggregate_type, aggregate_id, sequence, event_type,
+     payload::jsonb AS payload, recorded_at, product_id, visible_to";
+
+fn record(row: &sqlx::postgres::PgRow) -> EventRecord {
+    EventRecord {
+        id: row.get("id"),
+        position: row.get("position"),
+        aggregate_type: row.get("aggregate_type"),
+        aggregate_id: row.get("aggregate_id"),
+        sequence: row.get("sequence"),
+        event_type: row.get("event_type"),
+        payload: row.get("payload"),
+        recorded_at: row.get("recorded_at"),
+        product_id: row.get("product_id"),
+        visible_to: row.get("visible_to"),
+    }
+}
+
+/// Positioned events after `after`, in log order, that `scope` may see.
+pub async fn read_after(
+    conn: &mut PgConnection,
+    after: i64,
+    limit: i64,
+    scope: Scope<'_>,
+) -> Result<Vec<EventRecord>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {RECORD_COLUMNS} FROM events
+         WHERE position > $1 AND ($3::text[] IS NULL OR visible_to && $3)
+         ORDER BY position LIMIT $2"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(after)
+        .bind(limit)
+        .bind(scope)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(rows.iter().map(record).collect())
+}
+
+/// The highest insertion id among committed events without a position, if any.
+pub async fn newest_unpositioned(pool: &PgPool) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT max(id) FROM events WHERE position IS NULL")
+        .fetch_one(pool)
+        .await
+}
+
+/// Whether any committed event with insertion id ≤ `id` still lacks a position.
+pub async fn unpositioned_up_to(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE position IS NULL AND id <= $1)")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+}

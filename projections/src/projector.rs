@@ -1,0 +1,145 @@
+//! The projector: reads the log in position order and applies each event to every
+//! read model, keeping one checkpoint per projection in the same transaction as the
+//! writes. One runs in every `serve` process; an advisory lock lets one at a time
+//! work, the others skip that round.
+
+use crate::log::{read_after, EventRecord};
+use crate::ProjectionError;
+use sqlx::{PgConnection, PgPool, Row};
+use std::collections::HashMap;
+
+/// The read models the projector maintains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Projection {
+    Jobs,
+    Runs,
+    Timeline,
+    Factories,
+    Credentials,
+}
+
+pub const PROJECTIONS: [Projection; 5] = [
+    Projection::Jobs,
+    Projection::Runs,
+    Projection::Timeline,
+    Projection::Factories,
+    Projection::Credentials,
+];
+
+impl Projection {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Jobs => "jobs",
+            Self::Runs => "runs",
+            Self::Timeline => "timeline",
+            Self::Factories => "factories",
+            Self::Credentials => "credentials",
+        }
+    }
+
+    /// The tables this projection writes (for rebuilds and comparisons).
+    pub fn tables(self) -> &'static [&'static str] {
+        match self {
+            Self::Jobs => &["job_view"],
+            Self::Runs => &["run_view"],
+            Self::Timeline => &["job_event_view"],
+            Self::Factories => &["factory_view"],
+            Self::Credentials => &["credential_view"],
+        }
+    }
+
+    pub async fn apply(
+        self,
+        conn: &mut PgConnection,
+        event: &EventRecord,
+    ) -> Result<(), ProjectionError> {
+        match self {
+            Self::Jobs => crate::jobs::apply(conn, event).await,
+            Self::Runs => crate::runs::apply(conn, event).await,
+            Self::Timeline => crate::timeline::apply(conn, event).await,
+            Self::Factories => crate::factories::apply(conn, event).await,
+            Self::Credentials => crate::credentials::apply(conn, event).await,
+        }
+    }
+}
+
+/// Lock key for "one projector at a time".
+const PROJECTOR_LOCK: i64 = 0x6766_7072_6f6a; // "gfproj"
+
+/// Applies up to `batch` events past the lowest checkpoint. Returns how many events
+/// were read (0: caught up, or another process holds the projector lock).
+pub async fn run_once(pool: &PgPool, batch: i64) -> Result<usize, ProjectionError> {
+    let mut tx = pool.begin().await?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(PROJECTOR_LOCK)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !locked {
+        return Ok(0);
+    }
+    let mut checkpoints = checkpoints(&mut tx).await?;
+    let from = PROJECTIONS
+        .iter()
+        .map(|p| checkpoints[p.name()])
+        .min()
+        .unwrap_or(0);
+    let events = read_after(&mut tx, from, batch, None).await?;
+    for event in &events {
+        let position = event
+            .position
+            .expect("read_after returns positioned events");
+        for p in PROJECTIONS {
+            let cp = checkpoints
+                .get_mut(p.name())
+                .expect("every projection has a checkpoint");
+            if *cp < position {
+                p.apply(&mut tx, event).await?;
+                *cp = position;
+            }
+        }
+    }
+    if !events.is_empty() {
+        for p in PROJECTIONS {
+            sqlx::query("UPDATE projection_checkpoints SET position = $2 WHERE projection = $1")
+                .bind(p.name())
+                .bind(checkpoints[p.name()])
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(events.len())
+}
+
+/// Every projection's checkpoint (creating missing ones at 0).
+pub async fn checkpoints(
+    conn: &mut PgConnection,
+) -> Result<HashMap<&'static str, i64>, sqlx::Error> {
+    let names: Vec<&str> = PROJECTIONS.iter().map(|p| p.name()).collect();
+    sqlx::query("INSERT INTO projection_checkpoints (projection) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING")
+        .bind(&names)
+        .execute(&mut *conn)
+        .await?;
+    let rows = sqlx::query("SELECT projection, position FROM projection_checkpoints")
+        .fetch_all(&mut *conn)
+        .await?;
+    let stored: HashMap<String, i64> = rows
+        .iter()
+        .map(|r| (r.get("projection"), r.get("position")))
+        .collect();
+    Ok(PROJECTIONS
+        .iter()
+        .map(|p| (p.name(), stored.get(p.name()).copied().unwrap_or(0)))
+        .collect())
+}
+
+/// The lowest checkpoint: every read model reflects the log up to here.
+pub async fn low_water_mark(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    Ok(checkpoints(&mut conn)
+        .await?
+        .values()
+        .copied()
+        .min()
+        .unwrap_or(0))
+}
