@@ -1,1 +1,18 @@
-//! placeholder
+//! Gigafactory's server: the HTTP API (axum), authentication, the coordinator (claims,
+//! leases, the sweeper), the log worker (sequencer + projector), the embedded
+//! PostgreSQL and the `gigafactory` CLI.
+
+pub mod app;
+pub mod auth;
+pub mod background;
+pub mod claim;
+pub mod cli;
+pub mod commands;
+pub mod db;
+pub mod embedded;
+pub mod error;
+pub mod json;
+pub mod routes;
+pub mod views;
+
+pub use app::{App, AppState, Settings};

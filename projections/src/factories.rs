@@ -118,22 +118,22 @@ pub async fn get(
         .map(row))
 }
 
-/// Active factories serving any product in `scope` (`None` = all), by name.
+/// Active factories serving any product in `scope` (`None` = all), in enrollment
+/// order (ids are UUID v7), after the cursor id.
 pub async fn list(
     conn: &mut PgConnection,
     scope: Option<&[String]>,
-    after: Option<(String, Uuid)>,
+    after: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<FactoryRow>, sqlx::Error> {
     let sql = format!(
         "{SELECT} WHERE f.status = 'active' AND ($1::text[] IS NULL OR f.product_ids && $1)
-           AND ($2::text IS NULL OR (f.name, f.factory_id) > ($2, $3))
-         ORDER BY f.name, f.factory_id LIMIT $4"
+           AND ($2::uuid IS NULL OR f.factory_id > $2)
+         ORDER BY f.factory_id LIMIT $3"
     );
     let rows = sqlx::query(&sql)
         .bind(scope)
-        .bind(after.as_ref().map(|a| a.0.clone()))
-        .bind(after.map(|a| a.1))
+        .bind(after)
         .bind(limit)
         .fetch_all(&mut *conn)
         .await?;

@@ -223,16 +223,15 @@ pub async fn leases_of(
         .collect())
 }
 
-/// Jobs whose lease has expired by the database clock, locked (skip locked) so that
-/// several sweepers share the work.
-pub async fn lock_expired_leases(
+/// Jobs whose lease has expired by the database clock, oldest expiry first.
+pub async fn expired_leases(
     conn: &mut PgConnection,
     limit: i64,
 ) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT job_id, product_id FROM job_view
          WHERE lease_expires_at <= now() AND lease_factory_id IS NOT NULL
-         ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+         ORDER BY lease_expires_at LIMIT $1",
     )
     .bind(limit)
     .fetch_all(&mut *conn)

@@ -1,0 +1,110 @@
+//! The server's shared state, the router and the serve loop.
+
+use crate::background;
+use crate::routes;
+use axum::Router;
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Tunables of one `serve` process.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// A factory is `stale` after this long without a heartbeat.
+    pub stale_after_secs: f64,
+    /// A factory is `offline` after this long without a heartbeat.
+    pub offline_after_secs: f64,
+    /// How often the lease sweeper runs.
+    pub sweep_interval: Duration,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            stale_after_secs: 30.0,
+            offline_after_secs: 120.0,
+            sweep_interval: Duration::from_secs(1),
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    /// SHA-256 (hex) of the admin token, if one is configured.
+    pub admin_token_hash: Option<String>,
+    /// Woken whenever any process commits events: claim long polls wait on it.
+    pub wake: Arc<Notify>,
+    /// Wakes the log worker (sequencer + projector).
+    pub log_wake: Arc<Notify>,
+    /// Cancelled on SIGTERM: long polls answer 204, workers stop.
+    pub shutdown: CancellationToken,
+    pub settings: Arc<Settings>,
+}
+
+impl AppState {
+    pub fn new(pool: PgPool, admin_token_hash: Option<String>, settings: Settings) -> Self {
+        Self {
+            pool,
+            admin_token_hash,
+            wake: Arc::new(Notify::new()),
+            log_wake: Arc::new(Notify::new()),
+            shutdown: CancellationToken::new(),
+            settings: Arc::new(settings),
+        }
+    }
+
+    pub fn wake_all(&self) {
+        self.wake.notify_waiters();
+        self.log_wake.notify_one();
+    }
+}
+
+/// A running server: its state and background workers.
+pub struct App {
+    pub state: AppState,
+    pub router: Router,
+    pub workers: Vec<JoinHandle<()>>,
+}
+
+impl App {
+    /// Builds the router and starts the background workers.
+    pub fn start(state: AppState) -> Self {
+        let workers = background::spawn(&state);
+        let router = routes::router(state.clone());
+        Self {
+            state,
+            router,
+            workers,
+        }
+    }
+
+    /// Serves until `stop` resolves, then: long polls end (204), in-flight requests
+    /// finish, workers stop.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let shutdown = self.state.shutdown.clone();
+        let signal = async move {
+            stop.await;
+            tracing::info!("shutting down: ending long polls, draining requests");
+            shutdown.cancel();
+        };
+        let result = axum::serve(listener, self.router)
+            .with_graceful_shutdown(signal)
+            .await;
+        self.state.shutdown.cancel();
+        for w in self.workers {
+            let _ = w.await;
+        }
+        result
+    }
+}

@@ -1,0 +1,145 @@
+//! The work every `serve` process does besides answering requests: listening for
+//! appended events (one shared LISTEN connection), giving positions to new events
+//! (the sequencer) and projecting them, and sweeping expired leases. Each is safe
+//! with several processes on one database.
+
+use crate::app::AppState;
+use crate::commands::{execute, ExecError};
+use gigafactory_domain::job::{Job, JobCommand, JobError};
+use gigafactory_domain::{FactoryId, JobId, ProductId};
+use gigafactory_projections::log::{assign_positions, EVENTS_CHANNEL};
+use gigafactory_projections::{jobs, projector};
+use rand::Rng;
+use sqlx::postgres::PgListener;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// How often the log worker looks for work without a wake-up.
+const LOG_TICK: Duration = Duration::from_millis(200);
+
+/// Starts the listener, the log worker (sequencer + projector) and the sweeper.
+pub fn spawn(state: &AppState) -> Vec<JoinHandle<()>> {
+    vec![
+        tokio::spawn(listen(state.clone())),
+        tokio::spawn(log_worker(state.clone())),
+        tokio::spawn(sweeper(state.clone())),
+    ]
+}
+
+/// Wakes claim long polls and the log worker whenever any process commits events.
+async fn listen(state: AppState) {
+    loop {
+        let result = async {
+            let mut listener = PgListener::connect_with(&state.pool).await?;
+            listener.listen(EVENTS_CHANNEL).await?;
+            // Anything appended while we were not listening: look now.
+            state.wake_all();
+            loop {
+                tokio::select! {
+                    n = listener.recv() => { n?; state.wake_all(); }
+                    _ = state.shutdown.cancelled() => return Ok::<_, sqlx::Error>(()),
+                }
+            }
+        }
+        .await;
+        match result {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "event listener lost its connection; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = state.shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+/// Gives positions to committed events and projects them, whenever woken.
+async fn log_worker(state: AppState) {
+    loop {
+        if let Err(e) = catch_up(&state).await {
+            tracing::warn!(error = %e, "log worker failed a round");
+        }
+        tokio::select! {
+            _ = state.log_wake.notified() => {}
+            _ = tokio::time::sleep(LOG_TICK) => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Runs the sequencer and the projector until both are caught up.
+pub async fn catch_up(state: &AppState) -> Result<(), anyhow::Error> {
+    loop {
+        let given = assign_positions(&state.pool, 1000).await?;
+        let mut projected = 0;
+        loop {
+            let n = projector::run_once(&state.pool, 500).await?;
+            projected += n;
+            if n == 0 {
+                break;
+            }
+        }
+        if given == 0 && projected == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Ends expired leases and releases the leases of revoked factories.
+async fn sweeper(state: AppState) {
+    loop {
+        if let Err(e) = sweep(&state).await {
+            tracing::warn!(error = %e, "lease sweeper failed a round");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(state.settings.sweep_interval) => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// One sweep. Several sweepers may pick the same job: the job's stream lock makes
+/// them take turns, and the loser finds nothing to expire.
+pub async fn sweep(state: &AppState) -> Result<usize, anyhow::Error> {
+    let mut conn = state.pool.acquire().await?;
+    let expired = jobs::expired_leases(&mut conn, 200).await?;
+    let revoked = jobs::leased_by_revoked(&mut conn, 200).await?;
+    drop(conn);
+    let mut ended = 0;
+    for (job_id, product_id) in expired {
+        let stream = JobId(job_id).stream_id(&ProductId(product_id));
+        let jitter: f64 = rand::thread_rng().gen();
+        match execute::<Job, _>(&state.pool, &stream, |now| JobCommand::ExpireLease {
+            jitter,
+            now,
+        })
+        .await
+        {
+            Ok(done) if !done.events.is_empty() => {
+                ended += 1;
+                tracing::info!(job_id = %job_id, "lease expired");
+            }
+            Ok(_) | Err(ExecError::Domain(JobError::NotExpired)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for (job_id, product_id, factory_id) in revoked {
+        let stream = JobId(job_id).stream_id(&ProductId(product_id));
+        let factory_id = FactoryId(factory_id);
+        match execute::<Job, _>(&state.pool, &stream, |now| JobCommand::RevokeLease {
+            factory_id,
+            now,
+        })
+        .await
+        {
+            Ok(_) | Err(ExecError::Domain(JobError::Fenced { .. })) => ended += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if ended > 0 {
+        state.wake_all();
+    }
+    Ok(ended)
+}

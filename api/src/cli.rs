@@ -1,0 +1,191 @@
+//! The `gigafactory` command line.
+
+use crate::app::{App, AppState, Settings};
+use crate::auth::{generate_token, hash_token};
+use crate::db;
+use crate::embedded::EmbeddedPostgres;
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "gigafactory",
+    version,
+    about = "Event-sourced job coordinator for fleets of AI-agent workers (factories)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API, the lease sweeper and the projector on one port. Migrations run
+    /// at start-up. Without DATABASE_URL a private PostgreSQL is started (see --data-dir).
+    Serve(ServeArgs),
+    /// Apply the database migrations and exit.
+    Migrate(DbArgs),
+}
+
+#[derive(Args)]
+struct DbArgs {
+    /// PostgreSQL URL. Without it, the embedded PostgreSQL in --data-dir is used
+    /// (started if needed).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Where the embedded PostgreSQL keeps its data and socket. Default: as root
+    /// /var/lib/gigafactory, else $XDG_DATA_HOME/gigafactory (~/.local/share/gigafactory).
+    #[arg(long, env = "GIGAFACTORY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Largest number of database connections this process opens.
+    #[arg(long, env = "GIGAFACTORY_MAX_CONNECTIONS", default_value_t = 20)]
+    max_connections: u32,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "GIGAFACTORY_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+    #[command(flatten)]
+    db: DbArgs,
+    /// A factory is `stale` after this many seconds without a heartbeat.
+    #[arg(long, env = "GIGAFACTORY_STALE_AFTER_SECS", default_value_t = 30.0)]
+    stale_after_secs: f64,
+    /// A factory is `offline` after this many seconds without a heartbeat.
+    #[arg(long, env = "GIGAFACTORY_OFFLINE_AFTER_SECS", default_value_t = 120.0)]
+    offline_after_secs: f64,
+    /// Milliseconds between lease-expiry sweeps.
+    #[arg(long, env = "GIGAFACTORY_SWEEP_INTERVAL_MS", default_value_t = 1000)]
+    sweep_interval_ms: u64,
+    /// Largest accepted request body, in bytes (larger: 413).
+    #[arg(long, env = "GIGAFACTORY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    max_body_bytes: usize,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Migrate(args) => migrate(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gigafactory: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The database to use: DATABASE_URL, or the embedded one (started if needed).
+async fn database(args: &DbArgs) -> anyhow::Result<(String, Option<EmbeddedPostgres>)> {
+    if let Some(url) = &args.database_url {
+        return Ok((url.clone(), None));
+    }
+    let dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(EmbeddedPostgres::default_dir);
+    let pg = EmbeddedPostgres::start(&dir)
+        .await
+        .context("starting the embedded PostgreSQL")?;
+    println!(
+        "embedded PostgreSQL: data {}, socket {}",
+        pg.data_dir().display(),
+        pg.socket_dir().display()
+    );
+    Ok((pg.url(), Some(pg)))
+}
+
+async fn migrate(args: DbArgs) -> anyhow::Result<()> {
+    let (url, embedded) = database(&args).await?;
+    let pool = db::connect(&url, 2)
+        .await
+        .context("connecting to PostgreSQL")?;
+    db::migrate(&pool).await.context("applying migrations")?;
+    println!("migrations applied");
+    pool.close().await;
+    if let Some(pg) = embedded {
+        pg.stop_if_unused().await;
+    }
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let (url, embedded) = database(&args.db).await?;
+    let pool = db::connect(&url, args.db.max_connections)
+        .await
+        .context("connecting to PostgreSQL")?;
+    db::migrate(&pool).await.context("applying migrations")?;
+    let admin_token = match std::env::var("GIGAFACTORY_ADMIN_TOKEN") {
+        Ok(t) if !t.trim().is_empty() => t,
+        _ => {
+            let t = generate_token();
+            // Shown once, on the terminal only (never through the log).
+            println!("no GIGAFACTORY_ADMIN_TOKEN set; this run's admin token (shown once): {t}");
+            t
+        }
+    };
+    let settings = Settings {
+        stale_after_secs: args.stale_after_secs,
+        offline_after_secs: args.offline_after_secs,
+        sweep_interval: Duration::from_millis(args.sweep_interval_ms.max(10)),
+        max_body_bytes: args.max_body_bytes,
+    };
+    let state = AppState::new(pool.clone(), Some(hash_token(&admin_token)), settings);
+    let app = App::start(state);
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    println!("gigafactory listening on http://{addr}");
+    tracing::info!(%addr, "serving");
+    app.serve(listener, shutdown_signal()).await?;
+    pool.close().await;
+    if let Some(pg) = embedded {
+        pg.stop_if_unused().await;
+    }
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

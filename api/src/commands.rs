@@ -1,0 +1,185 @@
+//! Executes a command on an aggregate: load its stream, decide, append the events and
+//! apply them to the read models, all in one transaction (read-your-writes), and
+//! retry on optimistic-concurrency conflicts so clients never see one.
+
+use crate::error::ApiError;
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use gigafactory_domain::Stream;
+use gigafactory_projections::log::{self, AppendError, NewEvent};
+use gigafactory_projections::{apply_to_read_models, EventRecord, ProjectionError};
+use rand::Rng;
+use sqlx::{PgConnection, PgPool};
+use std::time::Duration;
+
+/// How often a command is retried when another writer appended to its stream first.
+pub const MAX_CONFLICT_RETRIES: usize = 50;
+
+/// The aggregate after the command and the events it appended (none for a no-op).
+#[derive(Debug)]
+pub struct Executed<A> {
+    pub aggregate: A,
+    pub events: Vec<EventRecord>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError<E: std::error::Error> {
+    #[error(transparent)]
+    Domain(E),
+    #[error("too many concurrent writers on one stream")]
+    Contended,
+    /// `StreamLock::Try` found another writer on the stream.
+    #[error("another writer holds the stream")]
+    Busy,
+    #[error(transparent)]
+    Conflict(AppendError),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+}
+
+/// Maps an execution error of aggregate `A` to the API's error.
+pub fn into_api<A: Aggregate>(e: ExecError<A::Error>) -> ApiError
+where
+    ApiError: From<A::Error>,
+{
+    match e {
+        ExecError::Domain(d) => d.into(),
+        ExecError::Contended | ExecError::Busy | ExecError::Conflict(_) => {
+            ApiError::Conflict("too many concurrent writers; try again".into())
+        }
+        ExecError::Db(d) => d.into(),
+        ExecError::Projection(p) => p.into(),
+    }
+}
+
+/// The database clock (SPEC §11: one clock for every process).
+pub async fn db_now(conn: &mut PgConnection) -> Result<DateTime<Utc>, sqlx::Error> {
+    sqlx::query_scalar("SELECT now()").fetch_one(conn).await
+}
+
+/// How a command waits for other writers of its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamLock {
+    /// Wait for the stream's writer lock (commands).
+    Wait,
+    /// Give up at once if another writer holds it (the claim, which holds queue row
+    /// locks and must never wait behind a writer that waits for those rows).
+    Try,
+}
+
+/// Loads, decides and appends inside the caller's transaction, holding the stream's
+/// writer lock (a transaction-level advisory lock) so writers of one stream take
+/// turns instead of failing on conflicts. On `ExecError::Conflict` the transaction is
+/// aborted and must be rolled back.
+pub async fn decide_in<A>(
+    conn: &mut PgConnection,
+    aggregate_id: &str,
+    command: A::Command,
+    lock: StreamLock,
+) -> Result<Executed<A>, ExecError<A::Error>>
+where
+    A: Aggregate<Services = ()> + Stream,
+{
+    let lock_key = format!("{}/{}", A::TYPE, aggregate_id);
+    match lock {
+        StreamLock::Wait => {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(&lock_key)
+                .execute(&mut *conn)
+                .await?;
+        }
+        StreamLock::Try => {
+            let got: bool =
+                sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
+                    .bind(&lock_key)
+                    .fetch_one(&mut *conn)
+                    .await?;
+            if !got {
+                return Err(ExecError::Busy);
+            }
+        }
+    }
+    let mut aggregate: A = log::load(conn, aggregate_id).await?;
+    let before = aggregate.version();
+    let sink = EventSink::default();
+    aggregate
+        .handle(command, &(), &sink)
+        .await
+        .map_err(ExecError::Domain)?;
+    let events = sink.collect().await;
+    if events.is_empty() {
+        return Ok(Executed {
+            aggregate,
+            events: vec![],
+        });
+    }
+    let product = aggregate.product_id();
+    let visible = aggregate.visible_to();
+    let rows: Vec<NewEvent> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            NewEvent::of::<A>(
+                aggregate_id,
+                before + 1 + i as u64,
+                e,
+                product.as_deref(),
+                &visible,
+            )
+        })
+        .collect();
+    let records = log::append(conn, &rows).await.map_err(|e| match e {
+        AppendError::Db(d) => ExecError::Db(d),
+        c => ExecError::Conflict(c),
+    })?;
+    for r in &records {
+        apply_to_read_models(conn, r).await?;
+    }
+    Ok(Executed {
+        aggregate,
+        events: records,
+    })
+}
+
+/// Runs `make(now)` on aggregate `aggregate_id` in its own transaction, retrying on
+/// conflicts with a short random pause.
+pub async fn execute<A, F>(
+    pool: &PgPool,
+    aggregate_id: &str,
+    make: F,
+) -> Result<Executed<A>, ExecError<A::Error>>
+where
+    A: Aggregate<Services = ()> + Stream,
+    F: Fn(DateTime<Utc>) -> A::Command,
+{
+    for attempt in 0..MAX_CONFLICT_RETRIES {
+        let mut tx = pool.begin().await?;
+        let now = db_now(&mut tx).await?;
+        match decide_in::<A>(&mut tx, aggregate_id, make(now), StreamLock::Wait).await {
+            Ok(done) => {
+                if done.events.is_empty() {
+                    tx.rollback().await?;
+                } else {
+                    tx.commit().await?;
+                }
+                return Ok(done);
+            }
+            Err(ExecError::Conflict(_)) => {
+                tx.rollback().await?;
+                conflict_pause(attempt).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ExecError::Contended)
+}
+
+/// A short, growing, random pause before retrying after a conflict.
+pub async fn conflict_pause(attempt: usize) {
+    let cap = 1 + (attempt.min(6) as u64) * 2;
+    let ms = rand::thread_rng().gen_range(0..=cap);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}

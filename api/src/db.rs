@@ -1,0 +1,39 @@
+//! Connecting to PostgreSQL and applying the migrations.
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The project's migrations (`migrations/`), embedded in the binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+/// A pool whose connections name this process (`gigafactory-<pid>`), so a process
+/// can tell its own sessions from other `serve` processes' on a shared server.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?
+        .application_name(&format!("gigafactory-{}", std::process::id()));
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(1)
+        // With the database gone, fail fast (503) instead of queueing requests.
+        .acquire_timeout(Duration::from_secs(3))
+        .connect_with(options)
+        .await
+}
+
+/// Applies pending migrations (sqlx takes an advisory lock: several processes may
+/// start at once).
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+/// Whether the database answers and every migration of this binary is applied.
+pub async fn ready(pool: &PgPool) -> bool {
+    let applied: Result<i64, _> =
+        sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await;
+    matches!(applied, Ok(n) if n as usize >= MIGRATOR.iter().count())
+}

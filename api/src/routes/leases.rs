@@ -1,0 +1,239 @@
+//! Factory calls: claim (with long poll), renew, release, report.
+
+use super::jobs::{stream_of, visible_job};
+use crate::app::AppState;
+use crate::auth::{Caller, Scope};
+use crate::claim::claim_next_job;
+use crate::commands::{execute, into_api};
+use crate::error::ApiError;
+use crate::json::JsonBody;
+use crate::views;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use gigafactory_domain::job::{
+    Job, JobCommand, Report, ReportStatus, LEASE_TTL_DEFAULT_SECS, LEASE_TTL_MAX_SECS,
+    LEASE_TTL_MIN_SECS,
+};
+use gigafactory_domain::FactoryId;
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Claim {
+    #[serde(default)]
+    product_ids: Option<Vec<String>>,
+    #[serde(default)]
+    weights: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    wait_ms: u64,
+    #[serde(default)]
+    lease_ttl_secs: Option<u32>,
+}
+
+/// Longest claim long poll.
+const MAX_WAIT_MS: u64 = 30_000;
+/// A waiting claim looks again at least this often (jobs whose backoff ends).
+const RECHECK: Duration = Duration::from_millis(500);
+
+/// `POST /fleet/claim` → 200 `{job, lease, runId, breakdown}` or 204. While waiting
+/// (`waitMs`) it holds no database connection; commits anywhere wake it.
+pub async fn claim(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<Claim>,
+) -> Result<Response, ApiError> {
+    let (factory_id, _) = caller.require_factory()?;
+    if body.wait_ms > MAX_WAIT_MS {
+        return Err(ApiError::invalid(
+            "waitMs",
+            format!("waitMs must be between 0 and {MAX_WAIT_MS}"),
+        ));
+    }
+    if body.weights.as_ref().is_some_and(|w| !w.is_empty()) {
+        return Err(ApiError::invalid(
+            "weights",
+            "scoring weights are not supported by this server yet (it orders by priority, then age)",
+        ));
+    }
+    let ttl = body.lease_ttl_secs.unwrap_or(LEASE_TTL_DEFAULT_SECS);
+    if !(LEASE_TTL_MIN_SECS..=LEASE_TTL_MAX_SECS).contains(&ttl) {
+        return Err(ApiError::invalid(
+            "leaseTtlSecs",
+            format!("leaseTtlSecs must be between {LEASE_TTL_MIN_SECS} and {LEASE_TTL_MAX_SECS}"),
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_millis(body.wait_ms);
+    loop {
+        // Register for wake-ups before looking, so a commit in between is not missed.
+        let woken = state.wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if let Some(c) =
+            claim_next_job(&state, factory_id, body.product_ids.as_deref(), ttl).await?
+        {
+            let lease = c.job.lease.as_ref().expect("a granted job holds a lease");
+            let age = (c.now - c.candidate.created_at).num_milliseconds() as f64 / 1000.0;
+            let body = json!({
+                "job": views::job(&c.job),
+                "lease": {"epoch": lease.epoch, "expiresAt": views::time(lease.expires_at)},
+                "runId": lease.run_id.to_string(),
+                "breakdown": {
+                    "total": null,
+                    "order": "priority, then age",
+                    "terms": {
+                        "priority": {"value": 3 - c.candidate.priority.rank(), "weight": null},
+                        "age": {"value": age, "weight": null},
+                    },
+                },
+            });
+            return Ok(Json(body).into_response());
+        }
+        let now = Instant::now();
+        if now >= deadline || state.shutdown.is_cancelled() {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        let nap = (deadline - now).min(RECHECK);
+        tokio::select! {
+            _ = woken => {}
+            _ = tokio::time::sleep(nap) => {}
+            _ = state.shutdown.cancelled() => return Ok(StatusCode::NO_CONTENT.into_response()),
+        }
+    }
+}
+
+/// The job, if this factory's products cover it (404 otherwise).
+async fn factory_job(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<(FactoryId, Job), ApiError> {
+    let (factory_id, products) = caller.require_factory()?;
+    let job = visible_job(state, &Scope::Products(products), id).await?;
+    Ok((factory_id, job))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Renew {
+    epoch: u64,
+    #[serde(default)]
+    lease_ttl_secs: Option<u32>,
+}
+
+/// `POST /fleet/jobs/:id/lease/renew` → 200 `{expiresAt, epoch}`.
+pub async fn renew(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<Renew>,
+) -> Result<Json<Value>, ApiError> {
+    let (factory_id, job) = factory_job(&state, &caller, &id).await?;
+    let done = execute::<Job, _>(&state.pool, &stream_of(&job), |now| {
+        JobCommand::RenewLease {
+            factory_id,
+            epoch: body.epoch,
+            ttl_secs: body.lease_ttl_secs,
+            now,
+        }
+    })
+    .await
+    .map_err(into_api::<Job>)?;
+    let lease = done
+        .aggregate
+        .lease
+        .as_ref()
+        .ok_or(ApiError::Internal("renewed lease missing".into()))?;
+    Ok(Json(
+        json!({"expiresAt": views::time(lease.expires_at), "epoch": lease.epoch}),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct Release {
+    epoch: u64,
+    #[serde(default)]
+    checkpoint: Option<Value>,
+}
+
+/// `POST /fleet/jobs/:id/lease/release` → 200 the job (queued again).
+pub async fn release(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<Release>,
+) -> Result<Json<Value>, ApiError> {
+    let (factory_id, job) = factory_job(&state, &caller, &id).await?;
+    let done = execute::<Job, _>(&state.pool, &stream_of(&job), |now| {
+        JobCommand::ReleaseLease {
+            factory_id,
+            epoch: body.epoch,
+            checkpoint: body.checkpoint.clone(),
+            now,
+        }
+    })
+    .await
+    .map_err(into_api::<Job>)?;
+    tracing::info!(job_id = %id, factory_id = %factory_id, "lease released");
+    state.wake_all();
+    Ok(Json(views::job(&done.aggregate)))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportBody {
+    epoch: u64,
+    status: ReportStatus,
+    #[serde(default)]
+    progress: Option<f64>,
+    #[serde(default)]
+    checkpoint: Option<Value>,
+    #[serde(default)]
+    cost_usd: Option<f64>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// `POST /fleet/jobs/:id/report` → 200 the job. Re-sending the report that ended the
+/// run answers 200 and appends nothing.
+pub async fn report(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ReportBody>,
+) -> Result<Json<Value>, ApiError> {
+    let (factory_id, job) = factory_job(&state, &caller, &id).await?;
+    if body.error.as_ref().is_some_and(|e| e.len() > 10_000) {
+        return Err(ApiError::invalid(
+            "error",
+            "error must be at most 10000 bytes",
+        ));
+    }
+    let jitter: f64 = rand::thread_rng().gen();
+    let report = Report {
+        progress: body.progress,
+        checkpoint: body.checkpoint.clone(),
+        cost_usd: body.cost_usd,
+        error: body.error.clone(),
+    };
+    let done = execute::<Job, _>(&state.pool, &stream_of(&job), |now| JobCommand::Report {
+        factory_id,
+        epoch: body.epoch,
+        status: body.status,
+        report: report.clone(),
+        jitter,
+        now,
+    })
+    .await
+    .map_err(into_api::<Job>)?;
+    if body.status != ReportStatus::Running && !done.events.is_empty() {
+        tracing::info!(job_id = %id, factory_id = %factory_id, status = ?body.status, "run ended");
+        state.wake_all();
+    }
+    Ok(Json(views::job(&done.aggregate)))
+}
