@@ -69,20 +69,31 @@ async fn log_worker(state: AppState) {
     }
 }
 
-/// Runs the sequencer and the projector until both are caught up.
+/// Runs the sequencer and the projector until every positioned event is projected
+/// (if another process holds the projector lock, waits for it to get there).
 pub async fn catch_up(state: &AppState) -> Result<(), anyhow::Error> {
     loop {
         let given = assign_positions(&state.pool, 1000).await?;
         let mut projected = 0;
+        let mut busy = false;
         loop {
-            let n = projector::run_once(&state.pool, 500).await?;
-            projected += n;
-            if n == 0 {
-                break;
+            match projector::run_once(&state.pool, 500).await? {
+                Some(0) => break,
+                Some(n) => projected += n,
+                None => {
+                    busy = true;
+                    break;
+                }
             }
         }
         if given == 0 && projected == 0 {
-            return Ok(());
+            if !busy
+                || projector::low_water_mark(&state.pool).await?
+                    >= projector::log_head(&state.pool).await?
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 }

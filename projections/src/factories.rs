@@ -13,6 +13,15 @@ pub async fn apply(conn: &mut PgConnection, event: &EventRecord) -> Result<(), P
         return Ok(());
     }
     let id = factory_id_of(&event.aggregate_id);
+    // Usually the command path has applied it already: check without a lock first.
+    let current: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM factory_view WHERE factory_id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if current.is_some_and(|v| v >= event.sequence) {
+        return Ok(());
+    }
     let row =
         sqlx::query("SELECT version, state FROM factory_view WHERE factory_id = $1 FOR UPDATE")
             .bind(id)

@@ -15,6 +15,15 @@ pub async fn apply(conn: &mut PgConnection, event: &EventRecord) -> Result<(), P
         return Ok(());
     }
     let job_id = job_id_of(&event.aggregate_id);
+    // Usually the command path has applied it already: check without a lock first,
+    // so the projector does not lock (and make claims skip) rows that are current.
+    let current: Option<i64> = sqlx::query_scalar("SELECT version FROM job_view WHERE job_id = $1")
+        .bind(job_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if current.is_some_and(|v| v >= event.sequence) {
+        return Ok(());
+    }
     let row = sqlx::query("SELECT version, state FROM job_view WHERE job_id = $1 FOR UPDATE")
         .bind(job_id)
         .fetch_optional(&mut *conn)

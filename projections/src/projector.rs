@@ -67,15 +67,16 @@ impl Projection {
 const PROJECTOR_LOCK: i64 = 0x6766_7072_6f6a; // "gfproj"
 
 /// Applies up to `batch` events past the lowest checkpoint. Returns how many events
-/// were read (0: caught up, or another process holds the projector lock).
-pub async fn run_once(pool: &PgPool, batch: i64) -> Result<usize, ProjectionError> {
+/// were read (0: caught up), or `None` when another process holds the projector lock.
+pub async fn run_once(pool: &PgPool, batch: i64) -> Result<Option<usize>, ProjectionError> {
     let mut tx = pool.begin().await?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
         .bind(PROJECTOR_LOCK)
         .fetch_one(&mut *tx)
         .await?;
     if !locked {
-        return Ok(0);
+        tx.rollback().await?;
+        return Ok(None);
     }
     let mut checkpoints = checkpoints(&mut tx).await?;
     let from = PROJECTIONS
@@ -108,7 +109,7 @@ pub async fn run_once(pool: &PgPool, batch: i64) -> Result<usize, ProjectionErro
         }
     }
     tx.commit().await?;
-    Ok(events.len())
+    Ok(Some(events.len()))
 }
 
 /// Every projection's checkpoint (creating missing ones at 0).
@@ -142,4 +143,11 @@ pub async fn low_water_mark(pool: &PgPool) -> Result<i64, sqlx::Error> {
         .copied()
         .min()
         .unwrap_or(0))
+}
+
+/// The last position the sequencer has given.
+pub async fn log_head(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT last_position FROM event_log_head")
+        .fetch_one(pool)
+        .await
 }

@@ -1,0 +1,165 @@
+//! Claiming: never two leases on one job, capacity, capabilities, order, long poll.
+
+use futures::future::join_all;
+use gigafactory_tests::{spawn_app, spawn_app_on};
+use reqwest::StatusCode;
+use serde_json::json;
+use sqlx::Row;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_servers_many_claimers_lease_every_job_exactly_once() {
+    let a = spawn_app().await;
+    let b = spawn_app_on(a.db.clone()).await;
+    let op = a.operator(&["p1", "p2"]).await;
+    const JOBS: usize = 500;
+    const CLAIMERS: usize = 20;
+    let mut submits = Vec::new();
+    for i in 0..JOBS {
+        let product = if i % 2 == 0 { "p1" } else { "p2" };
+        let priority = ["critical", "high", "normal", "low"][i % 4];
+        submits.push(a.submit(
+            &op,
+            json!({"productId": product, "title": format!("job {i}"), "priority": priority}),
+        ));
+        if submits.len() == 50 {
+            join_all(submits.drain(..)).await;
+        }
+    }
+    join_all(submits).await;
+
+    let mut factories = Vec::new();
+    for _ in 0..CLAIMERS {
+        factories.push(a.enroll(&op, &["p1", "p2"], &[], 4).await.1);
+    }
+    let claimers = factories.iter().enumerate().map(|(i, ft)| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        async move {
+            let mut done = Vec::new();
+            while let Some(c) = app.claim(ft).await {
+                let id = c["job"]["id"].as_str().unwrap().to_string();
+                let epoch = c["lease"]["epoch"].as_u64().unwrap();
+                let r = app
+                    .post(
+                        &format!("/fleet/jobs/{id}/report"),
+                        ft,
+                        json!({"epoch": epoch, "status": "succeeded"}),
+                    )
+                    .await;
+                assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+                done.push(id);
+            }
+            done
+        }
+    });
+    let results = join_all(claimers).await;
+    let claimed: usize = results.iter().map(Vec::len).sum();
+    assert_eq!(claimed, JOBS, "every job claimed once through the API");
+    assert!(
+        results.iter().filter(|r| !r.is_empty()).count() > 1,
+        "the work was spread"
+    );
+
+    // The log is the judge: exactly one LeaseGranted per job.
+    let rows = sqlx::query(
+        "SELECT aggregate_id, count(*) FILTER (WHERE event_type = 'LeaseGranted') AS grants
+         FROM events WHERE aggregate_type = 'job' GROUP BY aggregate_id",
+    )
+    .fetch_all(&a.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), JOBS);
+    for r in rows {
+        assert_eq!(
+            r.get::<i64, _>("grants"),
+            1,
+            "job {} leased more than once",
+            r.get::<String, _>("aggregate_id")
+        );
+    }
+}
+
+#[tokio::test]
+async fn capacity_capabilities_and_products_limit_claims() {
+    let app = spawn_app().await;
+    let op = app.operator(&["p1", "p2"]).await;
+    let (_, rust1) = app.enroll(&op, &["p1"], &["rust"], 1).await;
+    app.submit(
+        &op,
+        json!({"productId": "p1", "title": "gpu", "requiredCapabilities": ["gpu"]}),
+    )
+    .await;
+    app.submit(&op, json!({"productId": "p2", "title": "other product"}))
+        .await;
+    assert!(
+        app.claim(&rust1).await.is_none(),
+        "neither a gpu job nor another product's"
+    );
+
+    app.submit(
+        &op,
+        json!({"productId": "p1", "title": "a", "requiredCapabilities": ["rust"]}),
+    )
+    .await;
+    app.submit(&op, json!({"productId": "p1", "title": "b"}))
+        .await;
+    assert!(app.claim(&rust1).await.is_some());
+    assert!(app.claim(&rust1).await.is_none(), "capacity 1 is full");
+}
+
+#[tokio::test]
+async fn claims_follow_priority_then_age() {
+    let app = spawn_app().await;
+    let op = app.operator(&["p1"]).await;
+    let (_, ft) = app.enroll(&op, &["p1"], &[], 10).await;
+    let mut ids = HashMap::new();
+    for (title, priority) in [
+        ("low", "low"),
+        ("normal-1", "normal"),
+        ("critical", "critical"),
+        ("normal-2", "normal"),
+        ("high", "high"),
+    ] {
+        let j = app
+            .submit(
+                &op,
+                json!({"productId": "p1", "title": title, "priority": priority}),
+            )
+            .await;
+        ids.insert(j["id"].as_str().unwrap().to_string(), title);
+    }
+    let mut order = Vec::new();
+    while let Some(c) = app.claim(&ft).await {
+        order.push(ids[c["job"]["id"].as_str().unwrap()]);
+    }
+    assert_eq!(order, ["critical", "high", "normal-1", "normal-2", "low"]);
+}
+
+#[tokio::test]
+async fn long_poll_answers_as_soon_as_a_job_arrives() {
+    let app = spawn_app().await;
+    let op = app.operator(&["p1"]).await;
+    let (_, ft) = app.enroll(&op, &["p1"], &[], 1).await;
+    let started = Instant::now();
+    let empty = app.post("/fleet/claim", &ft, json!({"waitMs": 300})).await;
+    assert_eq!(empty.status, StatusCode::NO_CONTENT);
+    assert!(started.elapsed() >= Duration::from_millis(280));
+
+    let waiting = app.post("/fleet/claim", &ft, json!({"waitMs": 20000}));
+    let submit = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let t = Instant::now();
+        app.submit(&op, json!({"productId": "p1", "title": "late"}))
+            .await;
+        t
+    };
+    let started = Instant::now();
+    let (claim, _) = tokio::join!(waiting, submit);
+    assert_eq!(claim.status, StatusCode::OK);
+    assert_eq!(claim.body["job"]["title"], "late");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "woken, not timed out"
+    );
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the real router (and real processes) against a real
+//! PostgreSQL, a fresh database per test.
+
+mod bad_input;
+mod claims;
+mod leases;
+mod lifecycle;
+mod process;
+mod projector;
+mod tokens;

@@ -1,0 +1,251 @@
+//! The log's order and the projector: out-of-order commits, idempotence, rebuilds,
+//! restart from checkpoint, append-only log, postgres-es compatibility.
+
+use chrono::Utc;
+use cqrs_es::persist::PersistedEventRepository;
+use cqrs_es::EventEnvelope;
+use gigafactory_domain::job::{Job, JobEvent, NewJob};
+use gigafactory_domain::{JobId, Priority, ProductId};
+use gigafactory_projections::log::{append, NewEvent};
+use gigafactory_tests::{spawn_app, spawn_app_on, TestApp};
+use serde_json::json;
+use sqlx::Row;
+use uuid::Uuid;
+
+fn submitted(title: &str) -> (String, NewEvent) {
+    let id = JobId(Uuid::now_v7());
+    let product = ProductId("p1".into());
+    let stream = id.stream_id(&product);
+    let event = JobEvent::JobSubmitted {
+        job: NewJob {
+            job_id: id,
+            product_id: product,
+            title: title.into(),
+            payload: json!({}),
+            required_capabilities: vec![],
+            priority: Priority::Normal,
+            budget_usd: 0.0,
+            max_attempts: 3,
+            timeout_secs: None,
+        },
+        at: Utc::now(),
+    };
+    let row = NewEvent::of::<Job>(&stream, 1, &event, Some("p1"), &["p1".to_string()]);
+    (stream, row)
+}
+
+async fn position_of(app: &TestApp, stream: &str) -> Option<i64> {
+    sqlx::query_scalar("SELECT position FROM events WHERE aggregate_id = $1")
+        .bind(stream)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+async fn titles(app: &TestApp) -> Vec<String> {
+    sqlx::query_scalar("SELECT title FROM job_view ORDER BY title")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_event_committed_out_of_order_is_still_projected_in_one_order() {
+    let app = spawn_app().await;
+    // Transaction A starts first (takes its id) but appends and commits last.
+    let mut a = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *a)
+        .await
+        .unwrap();
+    let (stream_b, row_b) = submitted("b");
+    let mut b = app.pool.begin().await.unwrap();
+    append(&mut b, &[row_b]).await.unwrap();
+    b.commit().await.unwrap();
+
+    app.settle_once().await;
+    assert_eq!(
+        position_of(&app, &stream_b).await,
+        None,
+        "held back behind the older open transaction"
+    );
+    assert!(titles(&app).await.is_empty());
+
+    let (stream_a, row_a) = submitted("a");
+    append(&mut a, &[row_a]).await.unwrap();
+    a.commit().await.unwrap();
+    app.settle().await;
+    let pa = position_of(&app, &stream_a).await.expect("a positioned");
+    let pb = position_of(&app, &stream_b).await.expect("b positioned");
+    assert!(pa < pb, "log order follows the transactions' order");
+    assert_eq!(titles(&app).await, ["a", "b"], "the projector applied both");
+}
+
+/// Every log-built read-model table, as text, in a stable order.
+async fn snapshot(app: &TestApp) -> Vec<String> {
+    let mut out = Vec::new();
+    for (table, key) in [
+        ("job_view", "job_id"),
+        ("run_view", "run_id"),
+        ("job_event_view", "job_id, sequence"),
+        ("factory_view", "factory_id"),
+        ("credential_view", "token_hash"),
+    ] {
+        let rows = sqlx::query(&format!(
+            "SELECT row_to_json(t)::text AS r FROM {table} t ORDER BY {key}"
+        ))
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        out.extend(
+            rows.iter()
+                .map(|r| format!("{table}: {}", r.get::<String, _>("r"))),
+        );
+    }
+    out
+}
+
+async fn workload(app: &TestApp) {
+    let op = app.operator(&["p1"]).await;
+    let (factory_id, ft) = app.enroll(&op, &["p1"], &[], 3).await;
+    for i in 0..6 {
+        app.submit(
+            &op,
+            json!({"productId": "p1", "title": format!("w{i}"), "maxAttempts": 1}),
+        )
+        .await;
+    }
+    for status in ["succeeded", "failed", "running"] {
+        let c = app.claim(&ft).await.unwrap();
+        let id = c["job"]["id"].as_str().unwrap();
+        let epoch = c["lease"]["epoch"].clone();
+        app.post(
+            &format!("/fleet/jobs/{id}/report"),
+            &ft,
+            json!({"epoch": epoch, "status": status, "costUsd": 0.3, "checkpoint": {"s": 1}}),
+        )
+        .await;
+        if status == "succeeded" {
+            app.patch(
+                &format!("/fleet/jobs/{id}"),
+                &op,
+                json!({"stage": "shipped"}),
+            )
+            .await;
+        }
+    }
+    app.post(
+        &format!("/fleet/factories/{factory_id}/token/rotate"),
+        &op,
+        json!({}),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn applying_events_again_or_rebuilding_changes_nothing() {
+    let app = spawn_app().await;
+    workload(&app).await;
+    app.settle().await;
+    let live = snapshot(&app).await;
+    assert!(live.len() > 20);
+
+    // Every event applied a second time.
+    sqlx::query("UPDATE projection_checkpoints SET position = 0")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.settle().await;
+    assert_eq!(snapshot(&app).await, live);
+
+    // Rebuilt from the log alone.
+    sqlx::query("TRUNCATE job_view, run_view, job_event_view, factory_view, credential_view")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE projection_checkpoints SET position = 0")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.settle().await;
+    assert_eq!(snapshot(&app).await, live);
+}
+
+#[tokio::test]
+async fn a_restarted_projector_resumes_from_its_checkpoint() {
+    let app = spawn_app().await;
+    let op = app.operator(&["p1"]).await;
+    app.submit(&op, json!({"productId": "p1", "title": "before"}))
+        .await;
+    app.settle().await;
+    let mark: i64 = sqlx::query_scalar("SELECT min(position) FROM projection_checkpoints")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(mark > 0);
+    // A marker only a replay from zero would overwrite.
+    sqlx::query("UPDATE job_view SET title = 'marker'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let db = app.db.clone();
+    drop(app);
+
+    let app = spawn_app_on(db).await;
+    let op = app.operator(&["p1"]).await;
+    let (stream, row) = submitted("after");
+    let mut tx = app.pool.begin().await.unwrap();
+    append(&mut tx, &[row]).await.unwrap();
+    tx.commit().await.unwrap();
+    app.settle().await;
+    assert_eq!(titles(&app).await, ["after", "marker"]);
+    let now: i64 = sqlx::query_scalar("SELECT min(position) FROM projection_checkpoints")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(now > mark && position_of(&app, &stream).await <= Some(now));
+    let _ = op;
+}
+
+#[tokio::test]
+async fn the_database_refuses_to_change_the_log() {
+    let app = spawn_app().await;
+    let op = app.operator(&["p1"]).await;
+    app.submit(&op, json!({"productId": "p1", "title": "t"}))
+        .await;
+    app.settle().await;
+    for sql in [
+        "UPDATE events SET payload = '{}'",
+        "UPDATE events SET position = position + 100",
+        "DELETE FROM events",
+        "TRUNCATE events",
+    ] {
+        let err = sqlx::query(sql).execute(&app.pool).await.expect_err(sql);
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn postgres_es_reads_the_streams_we_write() {
+    let app = spawn_app().await;
+    let op = app.operator(&["p1"]).await;
+    let (_, ft) = app.enroll(&op, &["p1"], &[], 1).await;
+    let job = app
+        .submit(&op, json!({"productId": "p1", "title": "t"}))
+        .await;
+    app.claim(&ft).await.unwrap();
+    let stream = format!("p1/{}", job["id"].as_str().unwrap());
+    let repo = postgres_es::PostgresEventRepository::new(app.pool.clone());
+    let events = repo.get_events::<Job>(&stream).await.unwrap();
+    let envelopes: Vec<EventEnvelope<Job>> =
+        events.into_iter().map(|e| e.try_into().unwrap()).collect();
+    assert_eq!(envelopes.len(), 2);
+    assert!(matches!(
+        envelopes[0].payload,
+        JobEvent::JobSubmitted { .. }
+    ));
+    assert!(matches!(
+        envelopes[1].payload,
+        JobEvent::LeaseGranted { epoch: 2, .. }
+    ));
+}
