@@ -86,15 +86,21 @@ impl From<sqlx::Error> for ApiError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_) => Self::Unavailable,
-            sqlx::Error::Database(d)
-                if d.code()
-                    .is_some_and(|c| c.starts_with("08") || c == "57P01" || c == "57P03") =>
-            {
+            sqlx::Error::Database(d) if d.code().is_some_and(|c| unavailable_code(&c)) => {
                 Self::Unavailable
             }
             _ => Self::Internal(e.to_string()),
         }
     }
+}
+
+/// SQLSTATEs that mean "the database is not there for us": connection exceptions
+/// (08…), the database missing (3D000), shutting down or starting (57P01–57P03), too
+/// many connections (53300), authentication failures (28…).
+fn unavailable_code(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("28")
+        || matches!(code, "3D000" | "57P01" | "57P02" | "57P03" | "53300")
 }
 
 impl From<gigafactory_projections::ProjectionError> for ApiError {

@@ -216,7 +216,12 @@ impl Job {
                 Ok(vec![JobEvent::JobShipped { at: now }])
             }
             Cancel { reason, now } => {
-                if self.stage.is_terminal() {
+                // A job in review may still be rejected; shipped, failed and cancelled
+                // jobs have ended.
+                if matches!(
+                    self.stage,
+                    Stage::Shipped | Stage::Failed | Stage::Cancelled
+                ) {
                     return Err(self.invalid_stage(format!("job is already {}", self.stage)));
                 }
                 Ok(vec![JobEvent::JobCancelled { reason, at: now }])

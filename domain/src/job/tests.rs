@@ -373,3 +373,40 @@ async fn another_factory_cannot_write_on_the_lease() {
         .unwrap_err();
     assert!(matches!(err, JobError::Fenced { .. }));
 }
+
+#[tokio::test]
+async fn a_job_in_review_can_be_cancelled_but_not_a_shipped_one() {
+    let success = JobEvent::RunSucceeded {
+        epoch: 2,
+        run_id: RUN,
+        cost_usd: None,
+        checkpoint: None,
+        at: t(10),
+    };
+    JobTest::with(())
+        .given(vec![submitted(3), granted(2, 1), success.clone()])
+        .when_async(JobCommand::Cancel {
+            reason: Some("rejected".into()),
+            now: t(20),
+        })
+        .await
+        .then_expect_events(vec![JobEvent::JobCancelled {
+            reason: Some("rejected".into()),
+            at: t(20),
+        }]);
+    let err = JobTest::with(())
+        .given(vec![
+            submitted(3),
+            granted(2, 1),
+            success,
+            JobEvent::JobShipped { at: t(30) },
+        ])
+        .when_async(JobCommand::Cancel {
+            reason: None,
+            now: t(40),
+        })
+        .await
+        .inspect_result()
+        .unwrap_err();
+    assert!(matches!(err, JobError::InvalidStage { .. }));
+}

@@ -124,3 +124,27 @@ async fn bad_requests_get_clear_errors_and_append_nothing() {
         "only the valid submit appended"
     );
 }
+
+#[tokio::test]
+async fn with_the_database_gone_requests_fail_fast_with_503() {
+    let app = spawn_app().await;
+    let op = app.operator(&["p1"]).await;
+    assert_eq!(app.get("/fleet/jobs", &op).await.status, StatusCode::OK);
+    let admin = sqlx::PgPool::connect(&gigafactory_tests::server_url())
+        .await
+        .unwrap();
+    sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", app.db.name))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let started = std::time::Instant::now();
+    let ready = app.call(reqwest::Method::GET, "/readyz", None, None).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    let r = app.get("/fleet/jobs", &app.admin_token).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    assert_eq!(r.code(), "unavailable");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let health = app.call(reqwest::Method::GET, "/healthz", None, None).await;
+    assert_eq!(health.status, StatusCode::OK, "the process itself is up");
+}

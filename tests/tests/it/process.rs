@@ -96,8 +96,51 @@ async fn kill_9_loses_no_acknowledged_event() {
             .unwrap();
     assert!(n as usize >= acked.len());
     pool.close().await;
+
+    // SIGTERM: a waiting claim answers 204 at once and the process exits cleanly.
+    let ft: Value = http
+        .post(format!("{base}/fleet/factories/enroll"))
+        .bearer_auth(&op)
+        .json(&json!({"name": "f", "productIds": ["p1"], "capacity": 1}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ft = ft["token"].as_str().unwrap().to_string();
+    // Fill its one slot, so the next claim has to wait.
+    let first = http
+        .post(format!("{base}/fleet/claim"))
+        .bearer_auth(&ft)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let waiting = {
+        let (http, base) = (http.clone(), base.clone());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let r = http
+                .post(format!("{base}/fleet/claim"))
+                .bearer_auth(&ft)
+                .json(&json!({"waitMs": 30000}))
+                .send()
+                .await
+                .unwrap();
+            (r.status(), started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    child.wait().unwrap();
+    let (status, waited) = waiting.await.unwrap();
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(
+        waited < Duration::from_secs(10),
+        "the long poll ended on SIGTERM, not at waitMs"
+    );
+    assert!(child.wait().unwrap().success());
 }
 
 #[tokio::test]
