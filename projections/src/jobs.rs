@@ -190,12 +190,15 @@ pub async fn lock_claimable(
         .collect())
 }
 
-/// How many leases a factory holds now.
+/// How many live leases a factory holds now (an expired lease, swept or not, frees
+/// its slot: the holder can no longer write on it).
 pub async fn lease_count(conn: &mut PgConnection, factory_id: Uuid) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM job_view WHERE lease_factory_id = $1")
-        .bind(factory_id)
-        .fetch_one(&mut *conn)
-        .await
+    sqlx::query_scalar(
+        "SELECT count(*) FROM job_view WHERE lease_factory_id = $1 AND lease_expires_at > now()",
+    )
+    .bind(factory_id)
+    .fetch_one(&mut *conn)
+    .await
 }
 
 /// A lease as the fleet map shows it.
