@@ -46,6 +46,8 @@ pub struct AppState {
     /// Cancelled on SIGTERM: long polls answer 204, workers stop.
     pub shutdown: CancellationToken,
     pub settings: Arc<Settings>,
+    /// The clock commands read (the database's; shifted in simulations).
+    pub clock: crate::commands::Clock,
 }
 
 impl AppState {
@@ -57,6 +59,7 @@ impl AppState {
             log_wake: Arc::new(Notify::new()),
             shutdown: CancellationToken::new(),
             settings: Arc::new(settings),
+            clock: crate::commands::Clock::default(),
         }
     }
 

@@ -171,14 +171,12 @@ impl FromRequestParts<AppState> for Caller {
                 let factory_id = FactoryId(cred.subject_id);
                 if cred.pending_confirmation {
                     // First use of a rotated-in token: the previous one stops working.
-                    commands::execute::<Factory, _>(
-                        &state.pool,
-                        &factory_id.aggregate_id(),
-                        |now| FactoryCommand::ConfirmToken {
+                    commands::execute::<Factory, _>(state, &factory_id.aggregate_id(), |now| {
+                        FactoryCommand::ConfirmToken {
                             token_hash: hash.clone(),
                             now,
-                        },
-                    )
+                        }
+                    })
                     .await
                     .map_err(commands::into_api::<Factory>)?;
                 }

@@ -115,14 +115,15 @@ async fn sweeper(state: AppState) {
 /// them take turns, and the loser finds nothing to expire.
 pub async fn sweep(state: &AppState) -> Result<usize, anyhow::Error> {
     let mut conn = state.pool.acquire().await?;
-    let expired = jobs::expired_leases(&mut conn, 200).await?;
+    let now = state.clock.now(&mut conn).await?;
+    let expired = jobs::expired_leases(&mut conn, now, 200).await?;
     let revoked = jobs::leased_by_revoked(&mut conn, 200).await?;
     drop(conn);
     let mut ended = 0;
     for (job_id, product_id) in expired {
         let stream = JobId(job_id).stream_id(&ProductId(product_id));
         let jitter: f64 = rand::thread_rng().gen();
-        match execute::<Job, _>(&state.pool, &stream, |now| JobCommand::ExpireLease {
+        match execute::<Job, _>(&state, &stream, |now| JobCommand::ExpireLease {
             jitter,
             now,
         })
@@ -139,7 +140,7 @@ pub async fn sweep(state: &AppState) -> Result<usize, anyhow::Error> {
     for (job_id, product_id, factory_id) in revoked {
         let stream = JobId(job_id).stream_id(&ProductId(product_id));
         let factory_id = FactoryId(factory_id);
-        match execute::<Job, _>(&state.pool, &stream, |now| JobCommand::RevokeLease {
+        match execute::<Job, _>(&state, &stream, |now| JobCommand::RevokeLease {
             factory_id,
             now,
         })

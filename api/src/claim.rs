@@ -3,30 +3,28 @@
 //! One transaction: lock the factory's row (its claims take turns, so it never
 //! exceeds its capacity), lock a bounded set of claimable rows with `FOR UPDATE SKIP
 //! LOCKED` (concurrent claimers spread over different jobs instead of racing for the
-//! top one), rank them with the domain's pure order, and grant the lease on the best
+//! top one), rank them with the pure scoring scheduler, and grant the lease on the best
 //! one whose stream lock is free — appending `LeaseGranted` and updating the queue row
 //! in the same transaction. The aggregate has the last word (optimistic concurrency
 //! on the stream's sequence), so even a stale queue row cannot cause a second lease.
 
 use crate::app::AppState;
-use crate::commands::{conflict_pause, db_now, decide_in, ExecError, Executed, StreamLock};
+use crate::commands::{conflict_pause, decide_in, ExecError, Executed, StreamLock};
 use crate::error::ApiError;
+use crate::scheduling::{rank_for_factory, CANDIDATES_PER_SET};
 use chrono::{DateTime, Utc};
-use gigafactory_domain::claim_order::{rank_candidates, ClaimCandidate};
 use gigafactory_domain::job::{Job, JobCommand};
-use gigafactory_domain::{FactoryId, JobId, ProductId, RunId};
+use gigafactory_domain::scheduler::{Breakdown, WeightOverrides};
+use gigafactory_domain::{FactoryId, RunId};
 use gigafactory_projections::{factories, jobs};
-use std::collections::HashMap;
 use uuid::Uuid;
 
-/// How many queue rows one claim locks and ranks.
-pub const CLAIM_CANDIDATES: i64 = 16;
 const MAX_CLAIM_RETRIES: usize = 20;
 
-/// A granted lease.
+/// A granted lease, with the score that picked the job.
 pub struct Claimed {
     pub job: Job,
-    pub candidate: ClaimCandidate,
+    pub breakdown: Breakdown,
     pub now: DateTime<Utc>,
 }
 
@@ -35,11 +33,12 @@ pub async fn claim_next_job(
     state: &AppState,
     factory_id: FactoryId,
     requested_products: Option<&[String]>,
+    weights: Option<&WeightOverrides>,
     ttl_secs: u32,
 ) -> Result<Option<Claimed>, ApiError> {
     for attempt in 0..MAX_CLAIM_RETRIES {
         let mut tx = state.pool.begin().await?;
-        let now = db_now(&mut tx).await?;
+        let now = state.clock.now(&mut tx).await?;
         let factory = factories::get(&mut tx, factory_id.0, true)
             .await?
             .filter(|f| f.status == "active")
@@ -53,28 +52,22 @@ pub async fn claim_next_job(
         if products.is_empty() {
             return Ok(None);
         }
-        if jobs::lease_count(&mut tx, factory_id.0).await? >= i64::from(factory.capacity) {
+        if jobs::lease_count(&mut tx, factory_id.0, now).await? >= i64::from(factory.capacity) {
             return Ok(None);
         }
-        let rows =
-            jobs::lock_claimable(&mut tx, &products, &factory.capabilities, CLAIM_CANDIDATES)
-                .await?;
-        let product_of: HashMap<Uuid, String> = rows
-            .iter()
-            .map(|r| (r.job_id, r.product_id.clone()))
-            .collect();
-        let candidates: Vec<ClaimCandidate> = rows
-            .into_iter()
-            .map(|r| ClaimCandidate {
-                job_id: JobId(r.job_id),
-                priority: r.priority.parse().unwrap_or_default(),
-                created_at: r.created_at,
-                required_capabilities: r.required_capabilities,
-            })
-            .collect();
+        let ranked = rank_for_factory(
+            &mut tx,
+            factory_id,
+            &factory.capabilities,
+            &products,
+            weights,
+            now,
+            CANDIDATES_PER_SET,
+            true,
+        )
+        .await?;
         let mut retry = false;
-        for candidate in rank_candidates(candidates, &factory.capabilities) {
-            let product = ProductId(product_of[&candidate.job_id.0].clone());
+        for pick in ranked {
             let command = JobCommand::GrantLease {
                 run_id: RunId(Uuid::now_v7()),
                 factory_id,
@@ -82,14 +75,14 @@ pub async fn claim_next_job(
                 ttl_secs,
                 now,
             };
-            let stream = candidate.job_id.stream_id(&product);
+            let stream = pick.job.job_id.stream_id(&pick.job.product_id);
             match decide_in::<Job>(&mut tx, &stream, command, StreamLock::Try).await {
                 Ok(Executed { aggregate, events }) if !events.is_empty() => {
                     tx.commit().await?;
-                    tracing::info!(job_id = %candidate.job_id, factory_id = %factory_id, "lease granted");
+                    tracing::info!(job_id = %pick.job.job_id, factory_id = %factory_id, score = pick.breakdown.total, "lease granted");
                     return Ok(Some(Claimed {
                         job: aggregate,
-                        candidate,
+                        breakdown: pick.breakdown,
                         now,
                     }));
                 }

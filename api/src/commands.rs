@@ -2,6 +2,7 @@
 //! apply them to the read models, all in one transaction (read-your-writes), and
 //! retry on optimistic-concurrency conflicts so clients never see one.
 
+use crate::app::AppState;
 use crate::error::ApiError;
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
@@ -10,7 +11,9 @@ use gigafactory_domain::Stream;
 use gigafactory_projections::log::{self, AppendError, NewEvent};
 use gigafactory_projections::{apply_to_read_models, EventRecord, ProjectionError};
 use rand::Rng;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How often a command is retried when another writer appended to its stream first.
@@ -55,9 +58,27 @@ where
     }
 }
 
-/// The database clock (SPEC §11: one clock for every process).
-pub async fn db_now(conn: &mut PgConnection) -> Result<DateTime<Utc>, sqlx::Error> {
-    sqlx::query_scalar("SELECT now()").fetch_one(conn).await
+/// The one clock of every process (SPEC §11): the database's `now()`, plus the
+/// offset of a simulated clock in tests.
+#[derive(Debug, Clone, Default)]
+pub struct Clock {
+    offset_ms: Arc<AtomicI64>,
+}
+
+impl Clock {
+    /// Reads the clock in the caller's transaction.
+    pub async fn now(&self, conn: &mut PgConnection) -> Result<DateTime<Utc>, sqlx::Error> {
+        sqlx::query_scalar("SELECT now() + $1 * interval '1 millisecond'")
+            .bind(self.offset_ms.load(Ordering::Relaxed) as f64)
+            .fetch_one(conn)
+            .await
+    }
+
+    /// Moves a simulated clock forward (tests and simulations only).
+    pub fn advance(&self, by: chrono::Duration) {
+        self.offset_ms
+            .fetch_add(by.num_milliseconds(), Ordering::Relaxed);
+    }
 }
 
 /// How a command waits for other writers of its stream.
@@ -147,7 +168,7 @@ where
 /// Runs `make(now)` on aggregate `aggregate_id` in its own transaction, retrying on
 /// conflicts with a short random pause.
 pub async fn execute<A, F>(
-    pool: &PgPool,
+    state: &AppState,
     aggregate_id: &str,
     make: F,
 ) -> Result<Executed<A>, ExecError<A::Error>>
@@ -156,8 +177,8 @@ where
     F: Fn(DateTime<Utc>) -> A::Command,
 {
     for attempt in 0..MAX_CONFLICT_RETRIES {
-        let mut tx = pool.begin().await?;
-        let now = db_now(&mut tx).await?;
+        let mut tx = state.pool.begin().await?;
+        let now = state.clock.now(&mut tx).await?;
         match decide_in::<A>(&mut tx, aggregate_id, make(now), StreamLock::Wait).await {
             Ok(done) => {
                 if done.events.is_empty() {

@@ -148,3 +148,9 @@ impl From<gigafactory_domain::access::AccessTokenError> for ApiError {
         }
     }
 }
+
+impl From<gigafactory_domain::settings::SettingsError> for ApiError {
+    fn from(e: gigafactory_domain::settings::SettingsError) -> Self {
+        match e {}
+    }
+}

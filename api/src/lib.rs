@@ -13,6 +13,7 @@ pub mod embedded;
 pub mod error;
 pub mod json;
 pub mod routes;
+pub mod scheduling;
 pub mod views;
 
 pub use app::{App, AppState, Settings};

@@ -5,10 +5,11 @@
 
 pub mod access;
 pub mod backoff;
-pub mod claim_order;
 pub mod factory;
 pub mod ids;
 pub mod job;
+pub mod scheduler;
+pub mod settings;
 pub mod values;
 
 pub use ids::{FactoryId, JobId, ProductId, RunId, TokenId};

@@ -52,14 +52,16 @@ async fn write(conn: &mut PgConnection, job: &Job) -> Result<(), ProjectionError
     sqlx::query(
         "INSERT INTO job_view (job_id, product_id, title, stage, priority, priority_rank,
              required_capabilities, attempts, max_attempts, lease_factory_id, lease_epoch,
-             lease_expires_at, available_at, created_at, updated_at, version, state)
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)
+             lease_expires_at, available_at, created_at, updated_at, version, state,
+             affinity_factory_id)
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18)
          ON CONFLICT (job_id) DO UPDATE SET title = EXCLUDED.title, stage = EXCLUDED.stage,
              priority = EXCLUDED.priority, priority_rank = EXCLUDED.priority_rank,
              attempts = EXCLUDED.attempts, lease_factory_id = EXCLUDED.lease_factory_id,
              lease_epoch = EXCLUDED.lease_epoch, lease_expires_at = EXCLUDED.lease_expires_at,
              available_at = EXCLUDED.available_at, updated_at = EXCLUDED.updated_at,
-             version = EXCLUDED.version, state = EXCLUDED.state
+             version = EXCLUDED.version, state = EXCLUDED.state,
+             affinity_factory_id = EXCLUDED.affinity_factory_id
          WHERE job_view.version < EXCLUDED.version",
     )
     .bind(spec.job_id.0)
@@ -79,6 +81,7 @@ async fn write(conn: &mut PgConnection, job: &Job) -> Result<(), ProjectionError
     .bind(job.updated_at)
     .bind(job.version as i64)
     .bind(serde_json::to_value(job).expect("job state serialises"))
+    .bind(job.checkpoint_factory.map(|f| f.0))
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -146,57 +149,97 @@ pub async fn product_of(
         .await
 }
 
-/// A claimable job, locked for this transaction.
+/// A claimable job as the scheduler sees it.
 #[derive(Debug, Clone)]
-pub struct ClaimableRow {
+pub struct CandidateRow {
     pub job_id: Uuid,
     pub product_id: String,
     pub priority: String,
     pub created_at: DateTime<Utc>,
     pub required_capabilities: Vec<String>,
+    pub affinity_factory_id: Option<Uuid>,
 }
 
-/// Locks up to `limit` queued, available jobs of `products` that a factory with
-/// `capabilities` may run, in claim order, skipping rows other claimers hold.
-pub async fn lock_claimable(
+/// The claim's bounded candidate set for one factory: the best `per_set` queued,
+/// available jobs of `products` it may run by priority, ∪ the oldest `per_set` (a
+/// starving job is always seen), ∪ those whose checkpoint it holds (affinity).
+/// `lock`: `FOR UPDATE SKIP LOCKED` (the claim) or no lock (explain).
+pub async fn candidates(
     conn: &mut PgConnection,
     products: &[String],
     capabilities: &[String],
-    limit: i64,
-) -> Result<Vec<ClaimableRow>, sqlx::Error> {
+    factory_id: Uuid,
+    now: DateTime<Utc>,
+    per_set: i64,
+    lock: bool,
+) -> Result<Vec<CandidateRow>, sqlx::Error> {
+    let lock = if lock { "FOR UPDATE SKIP LOCKED" } else { "" };
+    let base = "SELECT job_id, product_id, priority, created_at, required_capabilities, affinity_factory_id
+         FROM job_view
+         WHERE stage = 'queued' AND product_id = ANY($1) AND required_capabilities <@ $2
+           AND (available_at IS NULL OR available_at <= $3)";
+    let sets = [
+        format!("{base} ORDER BY priority_rank, created_at, job_id LIMIT $4 {lock}"),
+        format!("{base} ORDER BY created_at, job_id LIMIT $4 {lock}"),
+        format!("{base} AND affinity_factory_id = $5 ORDER BY created_at, job_id LIMIT $4 {lock}"),
+    ];
+    let mut out: Vec<CandidateRow> = Vec::new();
+    for sql in &sets {
+        let rows = sqlx::query(sql)
+            .bind(products)
+            .bind(capabilities)
+            .bind(now)
+            .bind(per_set)
+            .bind(factory_id)
+            .fetch_all(&mut *conn)
+            .await?;
+        for r in rows {
+            let job_id: Uuid = r.get("job_id");
+            if out.iter().all(|c| c.job_id != job_id) {
+                out.push(CandidateRow {
+                    job_id,
+                    product_id: r.get("product_id"),
+                    priority: r.get("priority"),
+                    created_at: r.get("created_at"),
+                    required_capabilities: r.get("required_capabilities"),
+                    affinity_factory_id: r.get("affinity_factory_id"),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Running (leased or running) jobs per product, for the fairness term.
+pub async fn running_by_product(
+    conn: &mut PgConnection,
+    products: &[String],
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT job_id, product_id, priority, created_at, required_capabilities FROM job_view
-         WHERE stage = 'queued' AND product_id = ANY($1)
-           AND required_capabilities <@ $2
-           AND (available_at IS NULL OR available_at <= now())
-         ORDER BY priority_rank, created_at, job_id
-         LIMIT $3
-         FOR UPDATE SKIP LOCKED",
+        "SELECT product_id, count(*) AS n FROM job_view
+         WHERE lease_factory_id IS NOT NULL AND product_id = ANY($1) GROUP BY product_id",
     )
     .bind(products)
-    .bind(capabilities)
-    .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows
         .iter()
-        .map(|r| ClaimableRow {
-            job_id: r.get("job_id"),
-            product_id: r.get("product_id"),
-            priority: r.get("priority"),
-            created_at: r.get("created_at"),
-            required_capabilities: r.get("required_capabilities"),
-        })
+        .map(|r| (r.get("product_id"), r.get("n")))
         .collect())
 }
 
 /// How many live leases a factory holds now (an expired lease, swept or not, frees
 /// its slot: the holder can no longer write on it).
-pub async fn lease_count(conn: &mut PgConnection, factory_id: Uuid) -> Result<i64, sqlx::Error> {
+pub async fn lease_count(
+    conn: &mut PgConnection,
+    factory_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT count(*) FROM job_view WHERE lease_factory_id = $1 AND lease_expires_at > now()",
+        "SELECT count(*) FROM job_view WHERE lease_factory_id = $1 AND lease_expires_at > $2",
     )
     .bind(factory_id)
+    .bind(now)
     .fetch_one(&mut *conn)
     .await
 }
@@ -238,14 +281,16 @@ pub async fn leases_of(
 /// Jobs whose lease has expired by the database clock, oldest expiry first.
 pub async fn expired_leases(
     conn: &mut PgConnection,
+    now: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT job_id, product_id FROM job_view
-         WHERE lease_expires_at <= now() AND lease_factory_id IS NOT NULL
+         WHERE lease_expires_at <= $2 AND lease_factory_id IS NOT NULL
          ORDER BY lease_expires_at LIMIT $1",
     )
     .bind(limit)
+    .bind(now)
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows

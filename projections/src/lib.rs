@@ -19,6 +19,7 @@ pub mod liveness;
 pub mod log;
 pub mod projector;
 pub mod runs;
+pub mod settings;
 pub mod timeline;
 
 pub use log::{EventRecord, NewEvent};

@@ -16,14 +16,16 @@ pub enum Projection {
     Timeline,
     Factories,
     Credentials,
+    Settings,
 }
 
-pub const PROJECTIONS: [Projection; 5] = [
+pub const PROJECTIONS: [Projection; 6] = [
     Projection::Jobs,
     Projection::Runs,
     Projection::Timeline,
     Projection::Factories,
     Projection::Credentials,
+    Projection::Settings,
 ];
 
 impl Projection {
@@ -34,6 +36,7 @@ impl Projection {
             Self::Timeline => "timeline",
             Self::Factories => "factories",
             Self::Credentials => "credentials",
+            Self::Settings => "settings",
         }
     }
 
@@ -45,6 +48,7 @@ impl Projection {
             Self::Timeline => &["job_event_view"],
             Self::Factories => &["factory_view"],
             Self::Credentials => &["credential_view"],
+            Self::Settings => &["product_settings_view"],
         }
     }
 
@@ -59,6 +63,7 @@ impl Projection {
             Self::Timeline => crate::timeline::apply(conn, event).await,
             Self::Factories => crate::factories::apply(conn, event).await,
             Self::Credentials => crate::credentials::apply(conn, event).await,
+            Self::Settings => crate::settings::apply(conn, event).await,
         }
     }
 }

@@ -59,7 +59,7 @@ pub async fn enroll(
         capacity: body.capacity,
         token_hash: hash_token(&token),
     };
-    execute::<Factory, _>(&state.pool, &factory_id.aggregate_id(), |now| {
+    execute::<Factory, _>(&state, &factory_id.aggregate_id(), |now| {
         FactoryCommand::Enroll {
             factory: factory.clone(),
             now,
@@ -102,7 +102,7 @@ pub async fn heartbeat(
         .collect::<Result<_, _>>()?;
     let mut conn = state.pool.acquire().await?;
     liveness::record_heartbeat(&mut conn, factory_id.0, &running).await?;
-    let now = crate::commands::db_now(&mut conn).await?;
+    let now = state.clock.now(&mut conn).await?;
     let since = now - chrono::Duration::seconds(DIRECTIVE_WINDOW_SECS);
     let directives: Vec<Value> = runs::stop_directives(&mut conn, factory_id.0, &running, since)
         .await?
@@ -152,7 +152,7 @@ pub async fn rotate(
     let factory_id = factory_for(&state, &caller, &id, false).await?;
     let token = generate_token();
     let hash = hash_token(&token);
-    execute::<Factory, _>(&state.pool, &factory_id.aggregate_id(), |now| {
+    execute::<Factory, _>(&state, &factory_id.aggregate_id(), |now| {
         FactoryCommand::RotateToken {
             new_token_hash: hash.clone(),
             now,
@@ -172,7 +172,7 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let factory_id = factory_for(&state, &caller, &id, true).await?;
-    execute::<Factory, _>(&state.pool, &factory_id.aggregate_id(), |now| {
+    execute::<Factory, _>(&state, &factory_id.aggregate_id(), |now| {
         FactoryCommand::Revoke { now }
     })
     .await
@@ -191,7 +191,7 @@ async fn release_leases_of(state: &AppState, factory_id: FactoryId) -> Result<()
     drop(conn);
     for lease in held {
         let stream = JobId(lease.job_id).stream_id(&ProductId(lease.product_id));
-        match execute::<Job, _>(&state.pool, &stream, |now| JobCommand::RevokeLease {
+        match execute::<Job, _>(&state, &stream, |now| JobCommand::RevokeLease {
             factory_id,
             now,
         })

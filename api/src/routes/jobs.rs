@@ -92,7 +92,7 @@ pub async fn submit(
         max_attempts: body.max_attempts,
         timeout_secs: body.timeout_secs,
     };
-    let done = execute::<Job, _>(&state.pool, &job_id.stream_id(&product), |now| {
+    let done = execute::<Job, _>(&state, &job_id.stream_id(&product), |now| {
         JobCommand::Submit {
             job: new.clone(),
             now,
@@ -246,7 +246,7 @@ pub async fn patch(
                 ))
             }
         };
-    let done = execute::<Job, _>(&state.pool, &stream_of(&job), command)
+    let done = execute::<Job, _>(&state, &stream_of(&job), command)
         .await
         .map_err(into_api::<Job>)?;
     tracing::info!(job_id = %id, stage = %done.aggregate.stage, "job changed by operator");

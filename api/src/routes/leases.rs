@@ -16,6 +16,7 @@ use gigafactory_domain::job::{
     Job, JobCommand, Report, ReportStatus, LEASE_TTL_DEFAULT_SECS, LEASE_TTL_MAX_SECS,
     LEASE_TTL_MIN_SECS,
 };
+use gigafactory_domain::scheduler::WeightOverrides;
 use gigafactory_domain::FactoryId;
 use rand::Rng;
 use serde::Deserialize;
@@ -55,12 +56,12 @@ pub async fn claim(
             format!("waitMs must be between 0 and {MAX_WAIT_MS}"),
         ));
     }
-    if body.weights.as_ref().is_some_and(|w| !w.is_empty()) {
-        return Err(ApiError::invalid(
-            "weights",
-            "scoring weights are not supported by this server yet (it orders by priority, then age)",
-        ));
-    }
+    let weights = match &body.weights {
+        Some(w) => {
+            Some(WeightOverrides::parse(w).map_err(|e| ApiError::invalid(e.field, e.message))?)
+        }
+        None => None,
+    };
     let ttl = body.lease_ttl_secs.unwrap_or(LEASE_TTL_DEFAULT_SECS);
     if !(LEASE_TTL_MIN_SECS..=LEASE_TTL_MAX_SECS).contains(&ttl) {
         return Err(ApiError::invalid(
@@ -74,23 +75,21 @@ pub async fn claim(
         let woken = state.wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        if let Some(c) =
-            claim_next_job(&state, factory_id, body.product_ids.as_deref(), ttl).await?
-        {
+        let found = claim_next_job(
+            &state,
+            factory_id,
+            body.product_ids.as_deref(),
+            weights.as_ref(),
+            ttl,
+        )
+        .await?;
+        if let Some(c) = found {
             let lease = c.job.lease.as_ref().expect("a granted job holds a lease");
-            let age = (c.now - c.candidate.created_at).num_milliseconds() as f64 / 1000.0;
             let body = json!({
                 "job": views::job(&c.job),
                 "lease": {"epoch": lease.epoch, "expiresAt": views::time(lease.expires_at)},
                 "runId": lease.run_id.to_string(),
-                "breakdown": {
-                    "total": null,
-                    "order": "priority, then age",
-                    "terms": {
-                        "priority": {"value": 3 - c.candidate.priority.rank(), "weight": null},
-                        "age": {"value": age, "weight": null},
-                    },
-                },
+                "breakdown": c.breakdown,
             });
             return Ok(Json(body).into_response());
         }
@@ -134,13 +133,11 @@ pub async fn renew(
     JsonBody(body): JsonBody<Renew>,
 ) -> Result<Json<Value>, ApiError> {
     let (factory_id, job) = factory_job(&state, &caller, &id).await?;
-    let done = execute::<Job, _>(&state.pool, &stream_of(&job), |now| {
-        JobCommand::RenewLease {
-            factory_id,
-            epoch: body.epoch,
-            ttl_secs: body.lease_ttl_secs,
-            now,
-        }
+    let done = execute::<Job, _>(&state, &stream_of(&job), |now| JobCommand::RenewLease {
+        factory_id,
+        epoch: body.epoch,
+        ttl_secs: body.lease_ttl_secs,
+        now,
     })
     .await
     .map_err(into_api::<Job>)?;
@@ -169,13 +166,11 @@ pub async fn release(
     JsonBody(body): JsonBody<Release>,
 ) -> Result<Json<Value>, ApiError> {
     let (factory_id, job) = factory_job(&state, &caller, &id).await?;
-    let done = execute::<Job, _>(&state.pool, &stream_of(&job), |now| {
-        JobCommand::ReleaseLease {
-            factory_id,
-            epoch: body.epoch,
-            checkpoint: body.checkpoint.clone(),
-            now,
-        }
+    let done = execute::<Job, _>(&state, &stream_of(&job), |now| JobCommand::ReleaseLease {
+        factory_id,
+        epoch: body.epoch,
+        checkpoint: body.checkpoint.clone(),
+        now,
     })
     .await
     .map_err(into_api::<Job>)?;
@@ -221,7 +216,7 @@ pub async fn report(
         cost_usd: body.cost_usd,
         error: body.error.clone(),
     };
-    let done = execute::<Job, _>(&state.pool, &stream_of(&job), |now| JobCommand::Report {
+    let done = execute::<Job, _>(&state, &stream_of(&job), |now| JobCommand::Report {
         factory_id,
         epoch: body.epoch,
         status: body.status,

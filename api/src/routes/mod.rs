@@ -6,6 +6,7 @@ mod health;
 mod jobs;
 mod leases;
 mod params;
+mod scheduler;
 mod tokens;
 
 use crate::app::AppState;
@@ -38,6 +39,8 @@ pub fn router(state: AppState) -> Router {
         .route("/fleet/jobs/{job_id}/report", post(leases::report))
         .route("/fleet/claim", post(leases::claim))
         .route("/fleet/events", get(events::list))
+        .route("/fleet/weights/{product_id}", get(scheduler::get_weights).put(scheduler::put_weights))
+        .route("/fleet/explain", get(scheduler::explain))
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))

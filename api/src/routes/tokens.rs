@@ -38,7 +38,7 @@ pub async fn issue(
         name: body.name,
         token_hash: hash_token(&token),
     };
-    execute::<AccessToken, _>(&state.pool, &token_id.aggregate_id(), |now| {
+    execute::<AccessToken, _>(&state, &token_id.aggregate_id(), |now| {
         AccessTokenCommand::Issue {
             token: new.clone(),
             now,
@@ -61,7 +61,7 @@ pub async fn revoke(
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
     let token_id = TokenId(params::id(&token_id, "token")?);
-    execute::<AccessToken, _>(&state.pool, &token_id.aggregate_id(), |now| {
+    execute::<AccessToken, _>(&state, &token_id.aggregate_id(), |now| {
         AccessTokenCommand::Revoke { now }
     })
     .await

@@ -4,7 +4,7 @@ use super::commands::{JobCommand, NewJob, Report, ReportStatus};
 use super::errors::{CurrentState, JobError};
 use super::events::{JobEvent, RunOutcome};
 use crate::backoff::retry_delay;
-use crate::claim_order::is_capable;
+use crate::scheduler::is_capable;
 use crate::{FactoryId, Priority, RunId, Stage, Timestamp};
 use chrono::Duration;
 use cqrs_es::event_sink::EventSink;
@@ -33,7 +33,7 @@ pub struct EndedRun {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct Job {
     /// Number of events applied: the stream's current sequence number.
     pub version: u64,
@@ -41,6 +41,8 @@ pub struct Job {
     pub stage: Stage,
     pub attempts: u32,
     pub checkpoint: Option<Value>,
+    /// The factory that wrote `checkpoint` (the scheduler's affinity term).
+    pub checkpoint_factory: Option<FactoryId>,
     pub progress: Option<f64>,
     pub lease: Option<Lease>,
     /// Not claimable before this instant (backoff after a failure or expiry).
@@ -353,6 +355,14 @@ impl Job {
         Ok(vec![event])
     }
 
+    /// Keeps a checkpoint written under the current lease, and who wrote it.
+    fn save_checkpoint(&mut self, checkpoint: Option<Value>) {
+        if checkpoint.is_some() {
+            self.checkpoint = checkpoint;
+            self.checkpoint_factory = self.lease.as_ref().map(|l| l.factory_id);
+        }
+    }
+
     /// Ends the current lease with `outcome`.
     fn end_lease(&mut self, outcome: RunOutcome) {
         if let Some(l) = self.lease.take() {
@@ -462,14 +472,10 @@ impl Aggregate for Job {
                 if progress.is_some() {
                     self.progress = progress;
                 }
-                if checkpoint.is_some() {
-                    self.checkpoint = checkpoint;
-                }
+                self.save_checkpoint(checkpoint);
             }
             RunSucceeded { checkpoint, .. } => {
-                if checkpoint.is_some() {
-                    self.checkpoint = checkpoint;
-                }
+                self.save_checkpoint(checkpoint);
                 self.progress = Some(1.0);
                 self.end_lease(RunOutcome::Succeeded);
                 self.stage = Stage::Review;
@@ -481,9 +487,7 @@ impl Aggregate for Job {
                 retry_at,
                 ..
             } => {
-                if checkpoint.is_some() {
-                    self.checkpoint = checkpoint;
-                }
+                self.save_checkpoint(checkpoint);
                 self.last_error = error;
                 self.attempts = attempts;
                 self.end_lease(RunOutcome::Failed);
@@ -497,9 +501,7 @@ impl Aggregate for Job {
                 self.requeue_or_fail(retry_at);
             }
             LeaseReleased { checkpoint, at, .. } => {
-                if checkpoint.is_some() {
-                    self.checkpoint = checkpoint;
-                }
+                self.save_checkpoint(checkpoint);
                 self.end_lease(RunOutcome::Released);
                 self.stage = Stage::Queued;
                 self.available_at = Some(at);

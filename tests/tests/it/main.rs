@@ -7,4 +7,5 @@ mod leases;
 mod lifecycle;
 mod process;
 mod projector;
+mod scheduler;
 mod tokens;

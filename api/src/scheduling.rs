@@ -1,0 +1,89 @@
+//! Feeding the pure scheduler from the read models: the bounded candidate set, the
+//! running counts for fairness and each product's resolved weights. The claim (with
+//! row locks) and the explain endpoint (without) share it.
+
+use crate::error::ApiError;
+use chrono::{DateTime, Utc};
+use gigafactory_domain::scheduler::{
+    rank, FactoryProfile, FleetWeightConfig, JobCandidate, Ranked, SchedulingContext,
+    WeightOverrides, Weights,
+};
+use gigafactory_domain::{FactoryId, JobId, ProductId};
+use gigafactory_projections::{jobs, settings};
+use sqlx::PgConnection;
+use std::collections::{BTreeMap, HashMap};
+
+/// Rows per part of the bounded candidate set (by priority, oldest, affinity).
+pub const CANDIDATES_PER_SET: i64 = 16;
+
+/// The resolved weights of each product: defaults → product override → request.
+pub async fn weights_for(
+    conn: &mut PgConnection,
+    products: &[String],
+    request: Option<&WeightOverrides>,
+) -> Result<HashMap<ProductId, Weights>, ApiError> {
+    let overrides = settings::weights_of(conn, products).await?;
+    Ok(products
+        .iter()
+        .map(|p| {
+            let config = FleetWeightConfig {
+                product: overrides.get(p).cloned(),
+                request: request.cloned(),
+            };
+            (ProductId(p.clone()), config.resolve())
+        })
+        .collect())
+}
+
+/// How `factory` ranks the claimable jobs of `products` now, best first.
+#[allow(clippy::too_many_arguments)]
+pub async fn rank_for_factory(
+    conn: &mut PgConnection,
+    factory_id: FactoryId,
+    capabilities: &[String],
+    products: &[String],
+    request: Option<&WeightOverrides>,
+    now: DateTime<Utc>,
+    per_set: i64,
+    lock: bool,
+) -> Result<Vec<Ranked>, ApiError> {
+    let rows = jobs::candidates(
+        conn,
+        products,
+        capabilities,
+        factory_id.0,
+        now,
+        per_set,
+        lock,
+    )
+    .await?;
+    let running: BTreeMap<ProductId, u32> = jobs::running_by_product(conn, products)
+        .await?
+        .into_iter()
+        .map(|(p, n)| (ProductId(p), n as u32))
+        .collect();
+    let weights = weights_for(conn, products, request).await?;
+    let defaults = Weights::defaults();
+    let candidates: Vec<JobCandidate> = rows
+        .into_iter()
+        .map(|r| JobCandidate {
+            job_id: JobId(r.job_id),
+            product_id: ProductId(r.product_id),
+            priority: r.priority.parse().unwrap_or_default(),
+            created_at: r.created_at,
+            required_capabilities: r.required_capabilities,
+            checkpoint_factory: r.affinity_factory_id.map(FactoryId),
+        })
+        .collect();
+    let factory = FactoryProfile {
+        factory_id,
+        capabilities: capabilities.to_vec(),
+    };
+    let ctx = SchedulingContext {
+        now,
+        running_by_product: running,
+    };
+    Ok(rank(candidates, &factory, &ctx, |p| {
+        weights.get(p).unwrap_or(&defaults)
+    }))
+}
