@@ -21,6 +21,13 @@ pub struct Settings {
     pub sweep_interval: Duration,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// How long a slot freed by a preemption stays reserved for the critical job.
+    pub nomination_secs: i64,
+    /// Flag values from the environment, used while the log has none.
+    pub flag_seeds: crate::flags::FlagSeeds,
+    /// Run the preemption coordinator. Off only to compare with a server that lacks
+    /// the feature (tests); the flag is how operators turn preemption off.
+    pub preemption_coordinator: bool,
 }
 
 impl Default for Settings {
@@ -30,6 +37,9 @@ impl Default for Settings {
             offline_after_secs: 120.0,
             sweep_interval: Duration::from_secs(1),
             max_body_bytes: 1024 * 1024,
+            nomination_secs: 30,
+            flag_seeds: crate::flags::FlagSeeds::default(),
+            preemption_coordinator: true,
         }
     }
 }

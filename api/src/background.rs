@@ -98,11 +98,17 @@ pub async fn catch_up(state: &AppState) -> Result<(), anyhow::Error> {
     }
 }
 
-/// Ends expired leases and releases the leases of revoked factories.
+/// Ends expired leases, releases the leases of revoked factories, and runs the
+/// preemption coordinator.
 async fn sweeper(state: AppState) {
     loop {
         if let Err(e) = sweep(&state).await {
             tracing::warn!(error = %e, "lease sweeper failed a round");
+        }
+        if state.settings.preemption_coordinator {
+            if let Err(e) = crate::preemption::preemption_round(&state).await {
+                tracing::warn!(error = %e, "preemption round failed");
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(state.settings.sweep_interval) => {}

@@ -55,7 +55,8 @@ pub async fn claim_next_job(
         if jobs::lease_count(&mut tx, factory_id.0, now).await? >= i64::from(factory.capacity) {
             return Ok(None);
         }
-        let ranked = rank_for_factory(
+        let nominated = jobs::nominated_for(&mut tx, factory_id.0, now).await?;
+        let mut ranked = rank_for_factory(
             &mut tx,
             factory_id,
             &factory.capabilities,
@@ -66,6 +67,10 @@ pub async fn claim_next_job(
             true,
         )
         .await?;
+        if let Some(job) = nominated {
+            // A slot freed by a preemption is for the critical job only.
+            ranked.retain(|r| r.job.job_id.0 == job);
+        }
         let mut retry = false;
         for pick in ranked {
             let command = JobCommand::GrantLease {

@@ -23,8 +23,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the API, the lease sweeper and the projector on one port. Migrations run
-    /// at start-up. Without DATABASE_URL a private PostgreSQL is started (see --data-dir).
+    /// Run the API, the lease sweeper, the preemption coordinator and the projector on
+    /// one port. Migrations run at start-up. Without DATABASE_URL a private PostgreSQL
+    /// is started (see --data-dir). FLEET_PREEMPTION and FLEET_BUDGETS (off | shadow |
+    /// on) seed the flags while the log has no value for them.
     Serve(ServeArgs),
     /// Apply the database migrations and exit.
     Migrate(DbArgs),
@@ -64,6 +66,9 @@ struct ServeArgs {
     /// Largest accepted request body, in bytes (larger: 413).
     #[arg(long, env = "GIGAFACTORY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     max_body_bytes: usize,
+    /// Seconds a slot freed by a preemption stays reserved for the critical job.
+    #[arg(long, env = "GIGAFACTORY_NOMINATION_SECS", default_value_t = 30)]
+    nomination_secs: i64,
 }
 
 pub fn main() -> ExitCode {
@@ -151,6 +156,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         offline_after_secs: args.offline_after_secs,
         sweep_interval: Duration::from_millis(args.sweep_interval_ms.max(10)),
         max_body_bytes: args.max_body_bytes,
+        nomination_secs: args.nomination_secs.max(1),
+        // FLEET_PREEMPTION / FLEET_BUDGETS: off | shadow | on, used while the log has
+        // no event for the flag (PUT /fleet/flags changes them at run time).
+        flag_seeds: crate::flags::FlagSeeds::from_env().map_err(anyhow::Error::msg)?,
+        preemption_coordinator: true,
     };
     let state = AppState::new(pool.clone(), Some(hash_token(&admin_token)), settings);
     let app = App::start(state);

@@ -154,3 +154,9 @@ impl From<gigafactory_domain::settings::SettingsError> for ApiError {
         match e {}
     }
 }
+
+impl From<gigafactory_domain::flags::FlagsError> for ApiError {
+    fn from(e: gigafactory_domain::flags::FlagsError) -> Self {
+        match e {}
+    }
+}

@@ -6,6 +6,7 @@
 pub mod access;
 pub mod backoff;
 pub mod factory;
+pub mod flags;
 pub mod ids;
 pub mod job;
 pub mod scheduler;

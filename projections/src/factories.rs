@@ -148,3 +148,40 @@ pub async fn list(
         .await?;
     Ok(rows.iter().map(row).collect())
 }
+
+/// An active factory with its load: live leases plus slots reserved by live
+/// nominations.
+#[derive(Debug, Clone)]
+pub struct LoadRow {
+    pub factory_id: Uuid,
+    pub product_ids: Vec<String>,
+    pub capabilities: Vec<String>,
+    pub capacity: i32,
+    pub load: i64,
+}
+
+pub async fn fleet_load(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+) -> Result<Vec<LoadRow>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT f.factory_id, f.product_ids, f.capabilities, f.capacity,
+                (SELECT count(*) FROM job_view j WHERE j.lease_factory_id = f.factory_id AND j.lease_expires_at > $1)
+              + (SELECT count(*) FROM job_view j WHERE j.nominated_factory_id = f.factory_id
+                   AND j.nominated_until > $1 AND j.stage = 'queued') AS load
+         FROM factory_view f WHERE f.status = 'active'",
+    )
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| LoadRow {
+            factory_id: r.get("factory_id"),
+            product_ids: r.get("product_ids"),
+            capabilities: r.get("capabilities"),
+            capacity: r.get("capacity"),
+            load: r.get("load"),
+        })
+        .collect())
+}

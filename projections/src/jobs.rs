@@ -53,15 +53,17 @@ async fn write(conn: &mut PgConnection, job: &Job) -> Result<(), ProjectionError
         "INSERT INTO job_view (job_id, product_id, title, stage, priority, priority_rank,
              required_capabilities, attempts, max_attempts, lease_factory_id, lease_epoch,
              lease_expires_at, available_at, created_at, updated_at, version, state,
-             affinity_factory_id)
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18)
+             affinity_factory_id, nominated_factory_id, nominated_until)
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20)
          ON CONFLICT (job_id) DO UPDATE SET title = EXCLUDED.title, stage = EXCLUDED.stage,
              priority = EXCLUDED.priority, priority_rank = EXCLUDED.priority_rank,
              attempts = EXCLUDED.attempts, lease_factory_id = EXCLUDED.lease_factory_id,
              lease_epoch = EXCLUDED.lease_epoch, lease_expires_at = EXCLUDED.lease_expires_at,
              available_at = EXCLUDED.available_at, updated_at = EXCLUDED.updated_at,
              version = EXCLUDED.version, state = EXCLUDED.state,
-             affinity_factory_id = EXCLUDED.affinity_factory_id
+             affinity_factory_id = EXCLUDED.affinity_factory_id,
+             nominated_factory_id = EXCLUDED.nominated_factory_id,
+             nominated_until = EXCLUDED.nominated_until
          WHERE job_view.version < EXCLUDED.version",
     )
     .bind(spec.job_id.0)
@@ -82,6 +84,8 @@ async fn write(conn: &mut PgConnection, job: &Job) -> Result<(), ProjectionError
     .bind(job.version as i64)
     .bind(serde_json::to_value(job).expect("job state serialises"))
     .bind(job.checkpoint_factory.map(|f| f.0))
+    .bind(job.nomination.as_ref().map(|n| n.factory_id.0))
+    .bind(job.nomination.as_ref().map(|n| n.until))
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -177,7 +181,8 @@ pub async fn candidates(
     let base = "SELECT job_id, product_id, priority, created_at, required_capabilities, affinity_factory_id
          FROM job_view
          WHERE stage = 'queued' AND product_id = ANY($1) AND required_capabilities <@ $2
-           AND (available_at IS NULL OR available_at <= $3)";
+           AND (available_at IS NULL OR available_at <= $3)
+           AND (nominated_until IS NULL OR nominated_until <= $3 OR nominated_factory_id = $5)";
     let sets = [
         format!("{base} ORDER BY priority_rank, created_at, job_id LIMIT $4 {lock}"),
         format!("{base} ORDER BY created_at, job_id LIMIT $4 {lock}"),
@@ -208,6 +213,24 @@ pub async fn candidates(
         }
     }
     Ok(out)
+}
+
+/// The queued job a preemption reserved a slot of this factory for, if the
+/// reservation is still live: the factory takes it before anything else.
+pub async fn nominated_for(
+    conn: &mut PgConnection,
+    factory_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT job_id FROM job_view
+         WHERE nominated_factory_id = $1 AND nominated_until > $2 AND stage = 'queued'
+         ORDER BY nominated_until LIMIT 1",
+    )
+    .bind(factory_id)
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await
 }
 
 /// Running (leased or running) jobs per product, for the fairness term.
@@ -333,4 +356,71 @@ pub async fn next_available_at(
     )
     .fetch_one(&mut *conn)
     .await
+}
+
+/// Queued, available critical jobs without a live nomination, oldest first: the
+/// ones preemption may make room for.
+pub async fn critical_waiting(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<CandidateRow>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT job_id, product_id, priority, created_at, required_capabilities, affinity_factory_id
+         FROM job_view
+         WHERE stage = 'queued' AND priority = 'critical'
+           AND (available_at IS NULL OR available_at <= $1)
+           AND (nominated_until IS NULL OR nominated_until <= $1)
+         ORDER BY created_at, job_id LIMIT $2",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| CandidateRow {
+            job_id: r.get("job_id"),
+            product_id: r.get("product_id"),
+            priority: r.get("priority"),
+            created_at: r.get("created_at"),
+            required_capabilities: r.get("required_capabilities"),
+            affinity_factory_id: r.get("affinity_factory_id"),
+        })
+        .collect())
+}
+
+/// A job holding a live lease, for preemption.
+#[derive(Debug, Clone)]
+pub struct RunningRow {
+    pub job_id: Uuid,
+    pub product_id: String,
+    pub priority: String,
+    pub factory_id: Uuid,
+    pub started_at: DateTime<Utc>,
+}
+
+/// Jobs with a live lease on factories serving any of `products`.
+pub async fn running(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+) -> Result<Vec<RunningRow>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT j.job_id, j.product_id, j.priority, j.lease_factory_id, r.started_at
+         FROM job_view j JOIN run_view r ON r.job_id = j.job_id AND r.epoch = j.lease_epoch
+         WHERE j.lease_factory_id IS NOT NULL AND j.lease_expires_at > $1",
+    )
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| RunningRow {
+            job_id: r.get("job_id"),
+            product_id: r.get("product_id"),
+            priority: r.get("priority"),
+            factory_id: r.get("lease_factory_id"),
+            started_at: r.get("started_at"),
+        })
+        .collect())
 }

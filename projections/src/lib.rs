@@ -14,6 +14,7 @@
 
 pub mod credentials;
 pub mod factories;
+pub mod flags;
 pub mod jobs;
 pub mod liveness;
 pub mod log;

@@ -17,15 +17,17 @@ pub enum Projection {
     Factories,
     Credentials,
     Settings,
+    Flags,
 }
 
-pub const PROJECTIONS: [Projection; 6] = [
+pub const PROJECTIONS: [Projection; 7] = [
     Projection::Jobs,
     Projection::Runs,
     Projection::Timeline,
     Projection::Factories,
     Projection::Credentials,
     Projection::Settings,
+    Projection::Flags,
 ];
 
 impl Projection {
@@ -37,6 +39,7 @@ impl Projection {
             Self::Factories => "factories",
             Self::Credentials => "credentials",
             Self::Settings => "settings",
+            Self::Flags => "flags",
         }
     }
 
@@ -49,6 +52,7 @@ impl Projection {
             Self::Factories => &["factory_view"],
             Self::Credentials => &["credential_view"],
             Self::Settings => &["product_settings_view"],
+            Self::Flags => &["flag_view"],
         }
     }
 
@@ -64,6 +68,7 @@ impl Projection {
             Self::Factories => crate::factories::apply(conn, event).await,
             Self::Credentials => crate::credentials::apply(conn, event).await,
             Self::Settings => crate::settings::apply(conn, event).await,
+            Self::Flags => crate::flags::apply(conn, event).await,
         }
     }
 }

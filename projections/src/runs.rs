@@ -53,6 +53,9 @@ pub async fn apply(conn: &mut PgConnection, event: &EventRecord) -> Result<(), P
         JobEvent::LeaseReleased { run_id, at, .. } => {
             end(conn, run_id.0, seq, RunOutcome::Released, None, at).await?
         }
+        JobEvent::LeasePreempted { run_id, at, .. } => {
+            end(conn, run_id.0, seq, RunOutcome::Preempted, None, at).await?
+        }
         JobEvent::LeaseRevoked { run_id, at, .. } => {
             end(conn, run_id.0, seq, RunOutcome::Revoked, None, at).await?
         }

@@ -110,9 +110,12 @@ pub async fn heartbeat(
         .filter(|(_, outcome)| !matches!(outcome.as_str(), "succeeded" | "failed" | "released"))
         .map(|(job_id, reason)| json!({"type": "stop", "jobId": job_id.to_string(), "reason": reason}))
         .collect();
-    Ok(Json(
-        json!({"factoryId": factory_id.to_string(), "directives": directives, "flags": {}}),
-    ))
+    let flags = crate::flags::effective(&state, &mut conn).await?;
+    Ok(Json(json!({
+        "factoryId": factory_id.to_string(),
+        "directives": directives,
+        "flags": crate::flags::to_json(&flags),
+    })))
 }
 
 /// The factory, if the caller may act on it: itself, or an operator covering one of

@@ -2,6 +2,7 @@
 
 mod events;
 mod factories;
+mod flags;
 mod health;
 mod jobs;
 mod leases;
@@ -41,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/fleet/events", get(events::list))
         .route("/fleet/weights/{product_id}", get(scheduler::get_weights).put(scheduler::put_weights))
         .route("/fleet/explain", get(scheduler::explain))
+        .route("/fleet/flags", get(flags::get).put(flags::put))
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))

@@ -5,7 +5,7 @@ use super::errors::{CurrentState, JobError};
 use super::events::{JobEvent, RunOutcome};
 use crate::backoff::retry_delay;
 use crate::scheduler::is_capable;
-use crate::{FactoryId, Priority, RunId, Stage, Timestamp};
+use crate::{FactoryId, JobId, Priority, RunId, Stage, Timestamp};
 use chrono::Duration;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
@@ -22,6 +22,14 @@ pub struct Lease {
     pub ttl_secs: u32,
     pub granted_at: Timestamp,
     pub expires_at: Timestamp,
+}
+
+/// A factory slot reserved for this job after a preemption.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Nomination {
+    pub factory_id: FactoryId,
+    pub until: Timestamp,
 }
 
 /// A run that has ended, kept so a re-sent final report can be recognised.
@@ -49,6 +57,10 @@ pub struct Job {
     pub available_at: Option<Timestamp>,
     pub ended_runs: Vec<EndedRun>,
     pub last_error: Option<String>,
+    /// A slot reserved for this job (it ends with the grant or at `until`).
+    pub nomination: Option<Nomination>,
+    /// Victims already recorded in shadow mode (recorded once each).
+    pub shadowed_victims: Vec<JobId>,
     pub created_at: Option<Timestamp>,
     pub updated_at: Option<Timestamp>,
 }
@@ -130,6 +142,11 @@ impl Job {
                 if self.available_at.is_some_and(|t| t > now) {
                     return Err(self.invalid_stage("job is backing off after a failure"));
                 }
+                if let Some(n) = &self.nomination {
+                    if n.factory_id != factory_id && n.until > now {
+                        return Err(self.invalid_stage("job is reserved for another factory"));
+                    }
+                }
                 let spec = self.existing()?;
                 if !is_capable(&spec.required_capabilities, &factory_capabilities) {
                     return Err(JobError::NotCapable);
@@ -208,6 +225,54 @@ impl Job {
                 }]),
                 _ => Err(self.fenced()),
             },
+            PreemptLease {
+                for_job,
+                reason,
+                now,
+            } => match &self.lease {
+                Some(l) => Ok(vec![JobEvent::LeasePreempted {
+                    epoch: l.epoch,
+                    run_id: l.run_id,
+                    for_job,
+                    reason,
+                    at: now,
+                }]),
+                None => {
+                    Err(self.invalid_stage(format!("job is {}: no lease to preempt", self.stage)))
+                }
+            },
+            Nominate {
+                factory_id,
+                victim,
+                until,
+                now,
+            } => {
+                if self.stage != Stage::Queued {
+                    return Err(self.invalid_stage(format!("job is {}, not queued", self.stage)));
+                }
+                Ok(vec![JobEvent::JobNominated {
+                    factory_id,
+                    victim,
+                    until,
+                    at: now,
+                }])
+            }
+            RecordShadowPreemption {
+                victim,
+                factory_id,
+                reason,
+                now,
+            } => {
+                if self.shadowed_victims.contains(&victim) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![JobEvent::PreemptionShadowed {
+                    victim,
+                    factory_id,
+                    reason,
+                    at: now,
+                }])
+            }
             Ship { now } => {
                 if self.stage != Stage::Review {
                     return Err(self.invalid_stage(format!(
@@ -427,6 +492,9 @@ impl Aggregate for Job {
             | LeaseExpired { at, .. }
             | LeaseReleased { at, .. }
             | LeaseRevoked { at, .. }
+            | LeasePreempted { at, .. }
+            | JobNominated { at, .. }
+            | PreemptionShadowed { at, .. }
             | JobShipped { at, .. }
             | JobCancelled { at, .. }
             | PriorityChanged { at, .. } => *at,
@@ -449,6 +517,7 @@ impl Aggregate for Job {
                 self.stage = Stage::Leased;
                 self.available_at = None;
                 self.progress = None;
+                self.nomination = None;
                 self.lease = Some(Lease {
                     epoch,
                     run_id,
@@ -511,6 +580,17 @@ impl Aggregate for Job {
                 self.stage = Stage::Queued;
                 self.available_at = Some(at);
             }
+            LeasePreempted { at, .. } => {
+                self.end_lease(RunOutcome::Preempted);
+                self.stage = Stage::Queued;
+                self.available_at = Some(at);
+            }
+            JobNominated {
+                factory_id, until, ..
+            } => {
+                self.nomination = Some(Nomination { factory_id, until });
+            }
+            PreemptionShadowed { victim, .. } => self.shadowed_victims.push(victim),
             JobShipped { .. } => self.stage = Stage::Shipped,
             JobCancelled { .. } => {
                 self.end_lease(RunOutcome::Cancelled);

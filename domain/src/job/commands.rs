@@ -86,6 +86,29 @@ pub enum JobCommand {
         factory_id: FactoryId,
         now: Timestamp,
     },
+    /// The coordinator evicts this job's lease for a critical job (no attempt used;
+    /// the checkpoint is kept; the job is queued again at once).
+    PreemptLease {
+        for_job: JobId,
+        reason: String,
+        now: Timestamp,
+    },
+    /// Reserve a freed slot of `factory_id` for this (critical, queued) job until
+    /// `until`: other factories cannot take it and that factory takes nothing else.
+    Nominate {
+        factory_id: FactoryId,
+        victim: JobId,
+        until: Timestamp,
+        now: Timestamp,
+    },
+    /// `FLEET_PREEMPTION=shadow`: record that `victim` would have been evicted for this
+    /// job (once per victim), changing nothing else.
+    RecordShadowPreemption {
+        victim: JobId,
+        factory_id: FactoryId,
+        reason: String,
+        now: Timestamp,
+    },
     /// An operator approves a job in `review`.
     Ship { now: Timestamp },
     /// An operator cancels a job that has not ended.

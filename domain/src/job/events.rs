@@ -1,7 +1,7 @@
 //! Everything that can happen to a job. Payloads are camelCase JSON in the log.
 
 use super::commands::NewJob;
-use crate::{FactoryId, Priority, RunId, Timestamp};
+use crate::{FactoryId, JobId, Priority, RunId, Timestamp};
 use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -105,6 +105,28 @@ pub enum JobEvent {
         run_id: RunId,
         at: Timestamp,
     },
+    /// The lease was evicted for a critical job; queued again at once, no attempt used.
+    LeasePreempted {
+        epoch: u64,
+        run_id: RunId,
+        for_job: JobId,
+        reason: String,
+        at: Timestamp,
+    },
+    /// A freed slot of `factoryId` is reserved for this job until `until`.
+    JobNominated {
+        factory_id: FactoryId,
+        victim: JobId,
+        until: Timestamp,
+        at: Timestamp,
+    },
+    /// Shadow mode: `victim` would have been evicted for this job. Nothing else changed.
+    PreemptionShadowed {
+        victim: JobId,
+        factory_id: FactoryId,
+        reason: String,
+        at: Timestamp,
+    },
     JobShipped {
         at: Timestamp,
     },
@@ -135,6 +157,9 @@ impl DomainEvent for JobEvent {
             Self::LeaseExpired { .. } => "LeaseExpired",
             Self::LeaseReleased { .. } => "LeaseReleased",
             Self::LeaseRevoked { .. } => "LeaseRevoked",
+            Self::LeasePreempted { .. } => "LeasePreempted",
+            Self::JobNominated { .. } => "JobNominated",
+            Self::PreemptionShadowed { .. } => "PreemptionShadowed",
             Self::JobShipped { .. } => "JobShipped",
             Self::JobCancelled { .. } => "JobCancelled",
             Self::PriorityChanged { .. } => "PriorityChanged",

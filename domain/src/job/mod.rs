@@ -11,7 +11,7 @@ mod invariants;
 #[cfg(test)]
 mod tests;
 
-pub use aggregate::{EndedRun, Job, Lease};
+pub use aggregate::{EndedRun, Job, Lease, Nomination};
 pub use commands::{
     JobCommand, NewJob, Report, ReportStatus, LEASE_TTL_DEFAULT_SECS, LEASE_TTL_MAX_SECS,
     LEASE_TTL_MIN_SECS,

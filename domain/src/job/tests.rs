@@ -410,3 +410,101 @@ async fn a_job_in_review_can_be_cancelled_but_not_a_shipped_one() {
         .unwrap_err();
     assert!(matches!(err, JobError::InvalidStage { .. }));
 }
+
+#[tokio::test]
+async fn preemption_ends_the_lease_without_using_an_attempt_and_keeps_the_checkpoint() {
+    let victim_for = JobId(Uuid::from_u128(77));
+    let mut job = Job::default();
+    for e in [
+        submitted(1),
+        granted(2, 1),
+        JobEvent::RunProgressed {
+            epoch: 2,
+            progress: None,
+            checkpoint: Some(json!({"k": 1})),
+            at: t(2),
+        },
+    ] {
+        job.apply(e);
+    }
+    JobTest::with(())
+        .given(vec![
+            submitted(1),
+            granted(2, 1),
+            JobEvent::RunProgressed {
+                epoch: 2,
+                progress: None,
+                checkpoint: Some(json!({"k": 1})),
+                at: t(2),
+            },
+        ])
+        .when_async(JobCommand::PreemptLease {
+            for_job: victim_for,
+            reason: "r".into(),
+            now: t(3),
+        })
+        .await
+        .then_expect_events(vec![JobEvent::LeasePreempted {
+            epoch: 2,
+            run_id: RUN,
+            for_job: victim_for,
+            reason: "r".into(),
+            at: t(3),
+        }]);
+    job.apply(JobEvent::LeasePreempted {
+        epoch: 2,
+        run_id: RUN,
+        for_job: victim_for,
+        reason: "r".into(),
+        at: t(3),
+    });
+    assert_eq!(job.stage, Stage::Queued);
+    assert_eq!(job.attempts, 0);
+    assert_eq!(job.checkpoint, Some(json!({"k": 1})));
+    // Its late report is fenced.
+    let (_, r) = (0, job.clone());
+    assert!(r.lease.is_none());
+}
+
+#[tokio::test]
+async fn a_nominated_job_goes_only_to_its_factory_until_the_nomination_expires() {
+    let nominated = JobEvent::JobNominated {
+        factory_id: FactoryId(Uuid::from_u128(5)),
+        victim: JobId(Uuid::from_u128(6)),
+        until: t(30),
+        at: t(1),
+    };
+    let err = JobTest::with(())
+        .given(vec![submitted(3), nominated.clone()])
+        .when_async(grant(10))
+        .await
+        .inspect_result()
+        .unwrap_err();
+    assert!(matches!(err, JobError::InvalidStage { .. }));
+    JobTest::with(())
+        .given(vec![submitted(3), nominated])
+        .when_async(grant(31))
+        .await
+        .then_expect_events(vec![granted(3, 31)]);
+}
+
+#[tokio::test]
+async fn shadow_preemption_is_recorded_once_per_victim() {
+    let victim = JobId(Uuid::from_u128(6));
+    let shadowed = JobEvent::PreemptionShadowed {
+        victim,
+        factory_id: FACTORY,
+        reason: "r".into(),
+        at: t(1),
+    };
+    JobTest::with(())
+        .given(vec![submitted(3), shadowed])
+        .when_async(JobCommand::RecordShadowPreemption {
+            victim,
+            factory_id: FACTORY,
+            reason: "r".into(),
+            now: t(2),
+        })
+        .await
+        .then_expect_events(vec![]);
+}

@@ -6,6 +6,7 @@
 //! every pick carries its [`Breakdown`]. Only jobs whose required capabilities F has
 //! are candidates. Ties break deterministically: older job first, then smaller id.
 
+mod preemption;
 mod score;
 mod weights;
 
@@ -14,6 +15,7 @@ mod golden;
 #[cfg(test)]
 mod properties;
 
+pub use preemption::{select_with_preemption, FleetFactory, Preemption, RunningJob};
 pub use score::{
     is_capable, rank, score, Breakdown, FactoryProfile, JobCandidate, Ranked, SchedulingContext,
     TermScore,

@@ -5,6 +5,7 @@ mod bad_input;
 mod claims;
 mod leases;
 mod lifecycle;
+mod preemption;
 mod process;
 mod projector;
 mod scheduler;

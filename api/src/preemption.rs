@@ -1,0 +1,173 @@
+//! The preemption coordinator (behind `FLEET_PREEMPTION`). Each round, in every
+//! `serve` process: a queued critical job that no capable factory has room for may
+//! evict the lowest-priority, latest-started running job on a capable factory.
+//!
+//! - `off`: nothing is read or written (exactly the behaviour without preemption).
+//! - `shadow`: the decision is recorded on the critical job (`PreemptionShadowed`,
+//!   once per victim); nothing else changes.
+//! - `on`: one transaction ends the victim's lease (`LeasePreempted`: checkpoint kept,
+//!   no attempt used, queued again, its holder's next heartbeat says stop) and reserves
+//!   the freed slot for the critical job (`JobNominated`, until it expires).
+
+use crate::app::AppState;
+use crate::commands::{decide_in, ExecError, StreamLock};
+use crate::scheduling::weights_for;
+use gigafactory_domain::flags::{Flag, FlagMode};
+use gigafactory_domain::job::{Job, JobCommand};
+use gigafactory_domain::scheduler::{
+    select_with_preemption, FleetFactory, JobCandidate, RunningJob, SchedulingContext, Weights,
+};
+use gigafactory_domain::{FactoryId, JobId, ProductId};
+use gigafactory_projections::{factories, jobs};
+use std::collections::BTreeMap;
+
+/// Most preemptions one round performs.
+const MAX_PER_ROUND: usize = 16;
+
+/// Runs rounds until no decision is left (or the per-round bound). Returns how many
+/// preemptions were executed (on) or recorded (shadow).
+pub async fn preemption_round(state: &AppState) -> Result<usize, anyhow::Error> {
+    let mut conn = state.pool.acquire().await?;
+    let mode = crate::flags::mode(state, &mut conn, Flag::Preemption).await?;
+    if mode == FlagMode::Off {
+        return Ok(0);
+    }
+    let mut done = 0;
+    let mut shadowed: Vec<(JobId, JobId)> = Vec::new();
+    while done < MAX_PER_ROUND {
+        let now = state.clock.now(&mut conn).await?;
+        let waiting = jobs::critical_waiting(&mut conn, now, 50).await?;
+        if waiting.is_empty() {
+            break;
+        }
+        let candidates: Vec<JobCandidate> = waiting
+            .into_iter()
+            .map(|r| JobCandidate {
+                job_id: JobId(r.job_id),
+                product_id: ProductId(r.product_id),
+                priority: r.priority.parse().unwrap_or_default(),
+                created_at: r.created_at,
+                required_capabilities: r.required_capabilities,
+                checkpoint_factory: r.affinity_factory_id.map(FactoryId),
+            })
+            .collect();
+        let fleet: Vec<FleetFactory> = factories::fleet_load(&mut conn, now)
+            .await?
+            .into_iter()
+            .map(|f| FleetFactory {
+                factory_id: FactoryId(f.factory_id),
+                product_ids: f.product_ids.into_iter().map(ProductId).collect(),
+                capabilities: f.capabilities,
+                capacity: f.capacity.max(0) as u32,
+                load: f.load.max(0) as u32,
+            })
+            .collect();
+        let running: Vec<RunningJob> = jobs::running(&mut conn, now)
+            .await?
+            .into_iter()
+            .map(|r| RunningJob {
+                job_id: JobId(r.job_id),
+                product_id: ProductId(r.product_id),
+                priority: r.priority.parse().unwrap_or_default(),
+                factory_id: FactoryId(r.factory_id),
+                started_at: r.started_at,
+            })
+            .collect();
+        let products: Vec<String> = candidates.iter().map(|c| c.product_id.0.clone()).collect();
+        let weights = weights_for(&mut conn, &products, None).await?;
+        let defaults = Weights::defaults();
+        let ctx = SchedulingContext {
+            now,
+            running_by_product: BTreeMap::new(),
+        };
+        // In shadow mode nothing changes, so the same decision comes back: leave out
+        // what this round already recorded.
+        let running: Vec<RunningJob> = running
+            .into_iter()
+            .filter(|r| !shadowed.iter().any(|(_, v)| *v == r.job_id))
+            .collect();
+        let Some(decision) = select_with_preemption(&candidates, &running, &fleet, &ctx, |p| {
+            weights.get(p).unwrap_or(&defaults)
+        }) else {
+            break;
+        };
+        let critical = candidates
+            .iter()
+            .find(|c| c.job_id == decision.for_job)
+            .expect("decided for a candidate");
+        let victim = running
+            .iter()
+            .find(|r| r.job_id == decision.evict)
+            .expect("victim is running");
+        let critical_stream = critical.job_id.stream_id(&critical.product_id);
+        let victim_stream = victim.job_id.stream_id(&victim.product_id);
+        let mut tx = state.pool.begin().await?;
+        let outcome = async {
+            match mode {
+                FlagMode::Shadow => {
+                    decide_in::<Job>(
+                        &mut tx,
+                        &critical_stream,
+                        JobCommand::RecordShadowPreemption {
+                            victim: decision.evict,
+                            factory_id: decision.factory_id,
+                            reason: decision.reason.clone(),
+                            now,
+                        },
+                        StreamLock::Wait,
+                    )
+                    .await?;
+                }
+                _ => {
+                    decide_in::<Job>(
+                        &mut tx,
+                        &victim_stream,
+                        JobCommand::PreemptLease {
+                            for_job: decision.for_job,
+                            reason: decision.reason.clone(),
+                            now,
+                        },
+                        StreamLock::Wait,
+                    )
+                    .await?;
+                    let until = now + chrono::Duration::seconds(state.settings.nomination_secs);
+                    decide_in::<Job>(
+                        &mut tx,
+                        &critical_stream,
+                        JobCommand::Nominate {
+                            factory_id: decision.factory_id,
+                            victim: decision.evict,
+                            until,
+                            now,
+                        },
+                        StreamLock::Wait,
+                    )
+                    .await?;
+                }
+            }
+            Ok::<_, ExecError<gigafactory_domain::job::JobError>>(())
+        }
+        .await;
+        match outcome {
+            Ok(()) => {
+                tx.commit().await?;
+                done += 1;
+                if mode == FlagMode::Shadow {
+                    shadowed.push((decision.for_job, decision.evict));
+                    tracing::info!(job_id = %decision.for_job, victim = %decision.evict, factory_id = %decision.factory_id, "would have preempted (shadow)");
+                } else {
+                    tracing::info!(job_id = %decision.for_job, victim = %decision.evict, factory_id = %decision.factory_id, "preempted");
+                    state.wake_all();
+                }
+            }
+            // The fleet moved between reading and deciding (the victim ended, the
+            // critical job was claimed): try again next round.
+            Err(ExecError::Domain(_)) | Err(ExecError::Conflict(_)) | Err(ExecError::Busy) => {
+                tx.rollback().await?;
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(done)
+}
