@@ -8,7 +8,7 @@ use gigafactory_domain::job::{Job, JobEvent, NewJob};
 use gigafactory_domain::{JobId, Priority, ProductId};
 use gigafactory_projections::log::{append, NewEvent};
 use gigafactory_tests::{spawn_app, spawn_app_on, TestApp};
-use serde_json::json;
+use serde_json::{json, Value};
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -142,6 +142,29 @@ async fn workload(app: &TestApp) {
         json!({}),
     )
     .await;
+    let put = |path: &str, token: &str, body: Value| {
+        let (path, token) = (path.to_string(), token.to_string());
+        async move {
+            app.call(reqwest::Method::PUT, &path, Some(&token), Some(&body))
+                .await
+        }
+    };
+    assert_eq!(
+        put("/fleet/weights/p1", &op, json!({"weights": {"age": 0.3}}))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        put(
+            "/fleet/flags",
+            &app.admin_token,
+            json!({"preemption": "shadow"})
+        )
+        .await
+        .status,
+        200
+    );
 }
 
 #[tokio::test]
