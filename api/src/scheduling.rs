@@ -5,7 +5,7 @@
 use crate::error::ApiError;
 use chrono::{DateTime, Utc};
 use gigafactory_domain::scheduler::{
-    rank, FactoryProfile, FleetWeightConfig, JobCandidate, Ranked, SchedulingContext,
+    rank, Breakdown, FactoryProfile, FleetWeightConfig, JobCandidate, SchedulingContext,
     WeightOverrides, Weights,
 };
 use gigafactory_domain::{FactoryId, JobId, ProductId};
@@ -46,7 +46,7 @@ pub async fn rank_for_factory(
     now: DateTime<Utc>,
     per_set: i64,
     lock: bool,
-) -> Result<Vec<Ranked>, ApiError> {
+) -> Result<Vec<Pick>, ApiError> {
     let rows = jobs::candidates(
         conn,
         products,
@@ -83,7 +83,21 @@ pub async fn rank_for_factory(
         now,
         running_by_product: running,
     };
-    Ok(rank(candidates, &factory, &ctx, |p| {
+    let ranked = rank(&candidates, &factory, &ctx, |p| {
         weights.get(p).unwrap_or(&defaults)
-    }))
+    });
+    Ok(ranked
+        .into_iter()
+        .map(|r| Pick {
+            job: r.job.clone(),
+            breakdown: r.breakdown,
+        })
+        .collect())
+}
+
+/// A ranked candidate, owned (the claim's and explain's sets are small).
+#[derive(Debug, Clone)]
+pub struct Pick {
+    pub job: JobCandidate,
+    pub breakdown: Breakdown,
 }

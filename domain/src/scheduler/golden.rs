@@ -166,12 +166,8 @@ fn default_weights_reproduce_the_golden_picks() {
                 .map(|(p, n)| (ProductId(p.to_string()), *n))
                 .collect::<BTreeMap<_, _>>(),
         };
-        let ranked = rank(
-            s.jobs.iter().copied().map(job).collect(),
-            &factory,
-            &ctx,
-            |_| &weights,
-        );
+        let jobs: Vec<JobCandidate> = s.jobs.iter().copied().map(job).collect();
+        let ranked = rank(&jobs, &factory, &ctx, |_| &weights);
         assert_eq!(
             ranked[0].job.job_id.0.as_u128(),
             s.pick,

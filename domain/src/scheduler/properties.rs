@@ -57,11 +57,11 @@ proptest! {
             running_by_product: running.iter().enumerate().map(|(i, n)| (ProductId(format!("p{i}")), *n)).collect::<BTreeMap<_, _>>(),
         };
         let capable = jobs.iter().filter(|j| is_capable(&j.required_capabilities, &factory.capabilities)).count();
-        let ranked = rank(jobs, &factory, &ctx, |_| &w);
+        let ranked = rank(&jobs, &factory, &ctx, |_| &w);
         prop_assert_eq!(ranked.len(), capable);
         for r in &ranked {
             prop_assert!(is_capable(&r.job.required_capabilities, &factory.capabilities));
-            let sum: f64 = r.breakdown.terms.iter().map(|(t, s)| { assert_eq!(s.weight, w.get(*t)); s.value * s.weight }).sum();
+            let sum: f64 = r.breakdown.terms().map(|(t, s)| { assert_eq!(s.weight, w.get(t)); s.value * s.weight }).sum();
             prop_assert!((sum - r.breakdown.total).abs() < 1e-9);
         }
         for pair in ranked.windows(2) {

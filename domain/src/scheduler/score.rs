@@ -4,7 +4,6 @@ use super::weights::{Term, Weights};
 use crate::{FactoryId, JobId, Priority, ProductId, Timestamp};
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
-use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 /// What the scheduler knows about a claimable job.
@@ -41,28 +40,41 @@ pub struct TermScore {
     pub weight: f64,
 }
 
-/// Why a job scored what it scored: `total = Σ value × weight`.
-#[derive(Debug, Clone, PartialEq)]
+/// Why a job scored what it scored: `total = Σ value × weight`, one entry per term
+/// in [`Term::ALL`] order (a fixed array: ranking allocates nothing per job).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Breakdown {
     pub total: f64,
-    pub terms: BTreeMap<Term, TermScore>,
+    pub scores: [TermScore; 5],
+}
+
+impl Breakdown {
+    /// One term's contribution.
+    pub fn term(&self, term: Term) -> TermScore {
+        self.scores[term.index()]
+    }
+
+    /// Every term with its contribution.
+    pub fn terms(&self) -> impl Iterator<Item = (Term, TermScore)> + '_ {
+        Term::ALL.into_iter().zip(self.scores)
+    }
 }
 
 impl Serialize for Breakdown {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        struct Terms<'a>(&'a BTreeMap<Term, TermScore>);
+        struct Terms<'a>(&'a Breakdown);
         impl Serialize for Terms<'_> {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let mut m = s.serialize_map(Some(self.0.len()))?;
-                for (t, v) in self.0 {
-                    m.serialize_entry(t.name(), v)?;
+                let mut m = s.serialize_map(Some(5))?;
+                for (t, v) in self.0.terms() {
+                    m.serialize_entry(t.name(), &v)?;
                 }
                 m.end()
             }
         }
         let mut m = s.serialize_map(Some(2))?;
         m.serialize_entry("total", &self.total)?;
-        m.serialize_entry("terms", &Terms(&self.terms))?;
+        m.serialize_entry("terms", &Terms(self))?;
         m.end()
     }
 }
@@ -79,7 +91,7 @@ pub fn score(
     ctx: &SchedulingContext,
     weights: &Weights,
 ) -> Breakdown {
-    let waited_ms = (ctx.now - job.created_at).num_milliseconds().max(0) as f64;
+    let waited_ms = (ctx.now.timestamp_millis() - job.created_at.timestamp_millis()).max(0) as f64;
     let fit = if factory.capabilities.is_empty() {
         1.0
     } else {
@@ -104,54 +116,65 @@ pub fn score(
         ),
         (Term::Fairness, 1.0 / (1.0 + f64::from(running))),
     ];
-    let terms: BTreeMap<Term, TermScore> = values
-        .into_iter()
-        .map(|(t, value)| {
-            (
-                t,
-                TermScore {
-                    value,
-                    weight: weights.get(t),
-                },
-            )
-        })
-        .collect();
-    let total = terms.values().map(|s| s.value * s.weight).sum();
-    Breakdown { total, terms }
+    let scores = values.map(|(t, value)| TermScore {
+        value,
+        weight: weights.get(t),
+    });
+    let total = scores.iter().map(|s| s.value * s.weight).sum();
+    Breakdown { total, scores }
 }
 
 /// A candidate with its score.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Ranked {
-    pub job: JobCandidate,
+pub struct Ranked<'a> {
+    pub job: &'a JobCandidate,
     pub breakdown: Breakdown,
 }
 
-/// Higher total first; then older; then smaller id.
-fn order(a: &Ranked, b: &Ranked) -> Ordering {
-    b.breakdown
-        .total
-        .total_cmp(&a.breakdown.total)
-        .then(a.job.created_at.cmp(&b.job.created_at))
-        .then(a.job.job_id.cmp(&b.job.job_id))
-}
-
-/// The jobs this factory may run, best first, each with its breakdown. `weights_of`
-/// gives the resolved weights for a job's product.
-pub fn rank<'w>(
-    candidates: Vec<JobCandidate>,
+/// The jobs this factory may run, best first (higher total, then older, then smaller
+/// id), each with its breakdown. `weights_of` gives the resolved weights for a job's
+/// product.
+pub fn rank<'a, 'w>(
+    candidates: &'a [JobCandidate],
     factory: &FactoryProfile,
     ctx: &SchedulingContext,
     weights_of: impl Fn(&ProductId) -> &'w Weights,
-) -> Vec<Ranked> {
-    let mut ranked: Vec<Ranked> = candidates
-        .into_iter()
+) -> Vec<Ranked<'a>> {
+    let scored: Vec<Ranked<'a>> = candidates
+        .iter()
         .filter(|j| is_capable(&j.required_capabilities, &factory.capabilities))
-        .map(|job| {
-            let breakdown = score(&job, factory, ctx, weights_of(&job.product_id));
-            Ranked { job, breakdown }
+        .map(|job| Ranked {
+            job,
+            breakdown: score(job, factory, ctx, weights_of(&job.product_id)),
         })
         .collect();
-    ranked.sort_by(order);
-    ranked
+    // Sort compact integer keys (higher total, then older, then smaller id), not the
+    // scored entries: integer compares, small moves.
+    let mut keys: Vec<(u64, i64, u128, u32)> = scored
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let created = r.job.created_at.timestamp_micros();
+            (
+                !ordered_bits(r.breakdown.total),
+                created,
+                r.job.job_id.0.as_u128(),
+                i as u32,
+            )
+        })
+        .collect();
+    keys.sort_unstable();
+    keys.into_iter()
+        .map(|k| scored[k.3 as usize].clone())
+        .collect()
+}
+
+/// Maps an f64 to a u64 with the same order (`total_cmp`'s order).
+fn ordered_bits(x: f64) -> u64 {
+    let b = x.to_bits();
+    if b >> 63 == 1 {
+        !b
+    } else {
+        b | (1 << 63)
+    }
 }

@@ -47,6 +47,11 @@ impl Term {
     pub fn parse(s: &str) -> Option<Term> {
         Self::ALL.into_iter().find(|t| t.name() == s)
     }
+
+    /// Position in [`Term::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 impl fmt::Display for Term {
@@ -55,47 +60,41 @@ impl fmt::Display for Term {
     }
 }
 
-/// A full set of weights, one per term.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Weights(BTreeMap<Term, f64>);
+/// A full set of weights, one per term (indexed by [`Term::index`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Weights([f64; 5]);
 
 impl Weights {
     /// The defaults (see docs/scheduler.md for why): priority levels are worth one
     /// point each; ten minutes of waiting are worth one priority level; affinity is
     /// worth one level; fit and fairness half a level at most.
     pub fn defaults() -> Self {
-        Self(BTreeMap::from([
-            (Term::Priority, 1.0),
-            (Term::Age, 0.1),
-            (Term::CapabilityFit, 0.5),
-            (Term::Affinity, 1.0),
-            (Term::Fairness, 0.5),
-        ]))
+        // In Term::ALL order: priority, age, capabilityFit, affinity, fairness.
+        Self([1.0, 0.1, 0.5, 1.0, 0.5])
     }
 
     pub fn get(&self, term: Term) -> f64 {
-        self.0.get(&term).copied().unwrap_or(0.0)
+        self.0[term.index()]
     }
 
     /// These weights with `overrides` applied.
     pub fn with(&self, overrides: &WeightOverrides) -> Self {
-        let mut w = self.0.clone();
+        let mut w = self.0;
         for (t, v) in &overrides.0 {
-            w.insert(*t, *v);
+            w[t.index()] = *v;
         }
         Self(w)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (Term, f64)> + '_ {
-        self.0.iter().map(|(t, w)| (*t, *w))
+        Term::ALL.into_iter().map(|t| (t, self.get(t)))
     }
 
     /// As a JSON object `{"<term>": weight}`.
     pub fn to_json(&self) -> Value {
         Value::Object(
-            self.0
-                .iter()
-                .map(|(t, w)| (t.name().to_string(), Value::from(*w)))
+            self.iter()
+                .map(|(t, w)| (t.name().to_string(), Value::from(w)))
                 .collect(),
         )
     }
