@@ -91,36 +91,62 @@ pub fn score(
     ctx: &SchedulingContext,
     weights: &Weights,
 ) -> Breakdown {
-    let waited_ms = (ctx.now.timestamp_millis() - job.created_at.timestamp_millis()).max(0) as f64;
+    score_at(
+        job,
+        job.created_at.timestamp_micros(),
+        ctx.now.timestamp_micros(),
+        factory,
+        ctx,
+        weights,
+    )
+}
+
+/// [`score`] with the instants already in microseconds (ranking converts each once).
+fn score_at(
+    job: &JobCandidate,
+    created_us: i64,
+    now_us: i64,
+    factory: &FactoryProfile,
+    ctx: &SchedulingContext,
+    weights: &Weights,
+) -> Breakdown {
+    let waited_minutes = (now_us - created_us).max(0) as f64 / 60_000_000.0;
     let fit = if factory.capabilities.is_empty() {
         1.0
     } else {
-        job.required_capabilities.len() as f64 / factory.capabilities.len() as f64
+        (job.required_capabilities.len() as f64 / factory.capabilities.len() as f64).min(1.0)
     };
     let running = ctx
         .running_by_product
         .get(&job.product_id)
         .copied()
         .unwrap_or(0);
+    let affinity = if job.checkpoint_factory == Some(factory.factory_id) {
+        1.0
+    } else {
+        0.0
+    };
+    // In Term::ALL order: priority, age, capabilityFit, affinity, fairness.
     let values = [
-        (Term::Priority, f64::from(3 - job.priority.rank())),
-        (Term::Age, waited_ms / 60_000.0),
-        (Term::CapabilityFit, fit.min(1.0)),
-        (
-            Term::Affinity,
-            if job.checkpoint_factory == Some(factory.factory_id) {
-                1.0
-            } else {
-                0.0
-            },
-        ),
-        (Term::Fairness, 1.0 / (1.0 + f64::from(running))),
+        f64::from(3 - job.priority.rank()),
+        waited_minutes,
+        fit,
+        affinity,
+        1.0 / (1.0 + f64::from(running)),
     ];
-    let scores = values.map(|(t, value)| TermScore {
-        value,
-        weight: weights.get(t),
-    });
-    let total = scores.iter().map(|s| s.value * s.weight).sum();
+    let mut scores = [TermScore {
+        value: 0.0,
+        weight: 0.0,
+    }; 5];
+    let mut total = 0.0;
+    for (i, t) in Term::ALL.into_iter().enumerate() {
+        let weight = weights.get(t);
+        scores[i] = TermScore {
+            value: values[i],
+            weight,
+        };
+        total += values[i] * weight;
+    }
     Breakdown { total, scores }
 }
 
@@ -140,29 +166,32 @@ pub fn rank<'a, 'w>(
     ctx: &SchedulingContext,
     weights_of: impl Fn(&ProductId) -> &'w Weights,
 ) -> Vec<Ranked<'a>> {
-    let scored: Vec<Ranked<'a>> = candidates
-        .iter()
-        .filter(|j| is_capable(&j.required_capabilities, &factory.capabilities))
-        .map(|job| Ranked {
-            job,
-            breakdown: score(job, factory, ctx, weights_of(&job.product_id)),
-        })
-        .collect();
+    let now_us = ctx.now.timestamp_micros();
+    let mut scored: Vec<Ranked<'a>> = Vec::with_capacity(candidates.len());
     // Sort compact integer keys (higher total, then older, then smaller id), not the
     // scored entries: integer compares, small moves.
-    let mut keys: Vec<(u64, i64, u128, u32)> = scored
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let created = r.job.created_at.timestamp_micros();
-            (
-                !ordered_bits(r.breakdown.total),
-                created,
-                r.job.job_id.0.as_u128(),
-                i as u32,
-            )
-        })
-        .collect();
+    let mut keys: Vec<(u64, i64, u128, u32)> = Vec::with_capacity(candidates.len());
+    for job in candidates {
+        if !is_capable(&job.required_capabilities, &factory.capabilities) {
+            continue;
+        }
+        let created_us = job.created_at.timestamp_micros();
+        let breakdown = score_at(
+            job,
+            created_us,
+            now_us,
+            factory,
+            ctx,
+            weights_of(&job.product_id),
+        );
+        keys.push((
+            !ordered_bits(breakdown.total),
+            created_us,
+            job.job_id.0.as_u128(),
+            scored.len() as u32,
+        ));
+        scored.push(Ranked { job, breakdown });
+    }
     keys.sort_unstable();
     keys.into_iter()
         .map(|k| scored[k.3 as usize].clone())
