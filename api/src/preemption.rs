@@ -80,8 +80,16 @@ pub async fn preemption_round(state: &AppState) -> Result<usize, anyhow::Error> 
             now,
             running_by_product: BTreeMap::new(),
         };
-        // In shadow mode nothing changes, so the same decision comes back: leave out
-        // what this round already recorded.
+        // In shadow mode nothing changes, so the same decisions come back. Replay what
+        // `on` would do next: the critical jobs already decided this round are placed
+        // (left out) and their victims evicted (left out); the freed slot stays taken
+        // by the nomination, so the factories' loads stay as read. The decisions are
+        // deterministic, so later rounds repeat them and the aggregate records each
+        // (critical job, victim) pair once.
+        let candidates: Vec<JobCandidate> = candidates
+            .into_iter()
+            .filter(|c| !shadowed.iter().any(|(j, _)| *j == c.job_id))
+            .collect();
         let running: Vec<RunningJob> = running
             .into_iter()
             .filter(|r| !shadowed.iter().any(|(_, v)| *v == r.job_id))
@@ -105,7 +113,7 @@ pub async fn preemption_round(state: &AppState) -> Result<usize, anyhow::Error> 
         let outcome = async {
             match mode {
                 FlagMode::Shadow => {
-                    decide_in::<Job>(
+                    let recorded = decide_in::<Job>(
                         &mut tx,
                         &critical_stream,
                         JobCommand::RecordShadowPreemption {
@@ -117,6 +125,7 @@ pub async fn preemption_round(state: &AppState) -> Result<usize, anyhow::Error> 
                         StreamLock::Wait,
                     )
                     .await?;
+                    Ok(!recorded.events.is_empty())
                 }
                 _ => {
                     decide_in::<Job>(
@@ -143,19 +152,27 @@ pub async fn preemption_round(state: &AppState) -> Result<usize, anyhow::Error> 
                         StreamLock::Wait,
                     )
                     .await?;
+                    Ok(true)
                 }
             }
-            Ok::<_, ExecError<gigafactory_domain::job::JobError>>(())
         }
         .await;
+        let outcome: Result<bool, ExecError<gigafactory_domain::job::JobError>> = outcome;
         match outcome {
-            Ok(()) => {
+            Ok(appended) => {
                 tx.commit().await?;
-                done += 1;
                 if mode == FlagMode::Shadow {
                     shadowed.push((decision.for_job, decision.evict));
+                    if !appended {
+                        continue;
+                    }
+                    done += 1;
+                    metrics::counter!("gigafactory_preemptions_total", "mode" => "shadow")
+                        .increment(1);
                     tracing::info!(job_id = %decision.for_job, victim = %decision.evict, factory_id = %decision.factory_id, "would have preempted (shadow)");
                 } else {
+                    done += 1;
+                    metrics::counter!("gigafactory_preemptions_total", "mode" => "on").increment(1);
                     tracing::info!(job_id = %decision.for_job, victim = %decision.evict, factory_id = %decision.factory_id, "preempted");
                     state.wake_all();
                 }

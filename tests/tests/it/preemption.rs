@@ -359,3 +359,31 @@ async fn flags_are_seeded_by_the_environment_until_the_log_has_them_and_every_pr
         "only the two operator tokens were added"
     );
 }
+
+#[tokio::test]
+async fn shadow_records_what_on_would_do_one_victim_per_critical_job() {
+    let app = spawn_app().await;
+    set_flag(&app, "shadow").await;
+    let op = app.operator(&["p1"]).await;
+    for _ in 0..3 {
+        let (_, ft) = app.enroll(&op, &["p1"], &[], 1).await;
+        app.submit(
+            &op,
+            json!({"productId": "p1", "title": "low", "priority": "low"}),
+        )
+        .await;
+        app.claim(&ft).await.expect("each factory runs a low job");
+    }
+    app.submit(
+        &op,
+        json!({"productId": "p1", "title": "urgent", "priority": "critical"}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        count(&app, "PreemptionShadowed").await,
+        1,
+        "one critical job, one eviction"
+    );
+    assert_eq!(count(&app, "LeasePreempted").await, 0);
+}
