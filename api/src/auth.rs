@@ -211,3 +211,59 @@ mod tests {
         assert!(s.covers("a") && !s.covers("b"));
     }
 }
+
+/// An admin or operator, checked before the body is read (so an auditor's write is
+/// 403 whatever its body).
+pub struct Operator(pub Scope);
+
+/// The admin, checked before the body is read.
+pub struct Admin;
+
+/// A factory, checked before the body is read.
+pub struct FactoryCaller {
+    pub factory_id: FactoryId,
+    pub products: Vec<String>,
+}
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            Caller::from_request_parts(parts, state)
+                .await?
+                .require_operator()?,
+        ))
+    }
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Caller::from_request_parts(parts, state)
+            .await?
+            .require_admin()?;
+        Ok(Self)
+    }
+}
+
+impl FromRequestParts<AppState> for FactoryCaller {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let (factory_id, products) = Caller::from_request_parts(parts, state)
+            .await?
+            .require_factory()?;
+        Ok(Self {
+            factory_id,
+            products,
+        })
+    }
+}

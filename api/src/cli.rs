@@ -30,6 +30,57 @@ enum Command {
     Serve(ServeArgs),
     /// Apply the database migrations and exit.
     Migrate(DbArgs),
+    /// Verify the log: every stream's hash chain, gap-free sequences and positions,
+    /// the append-only trigger; prints the log digest. Exits non-zero when not ok.
+    Verify(VerifyArgs),
+    /// Rebuild every read model from the log alone into a fresh schema and compare it
+    /// row for row with the live ones (exit 0 only when equal).
+    Replay(ReplayArgs),
+    /// The event log as JSON lines.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// A noted `<position>:<digest>` the log must still reproduce.
+    #[arg(long)]
+    expect: Option<String>,
+    /// Verify an exported copy (JSON lines) instead, with no database.
+    #[arg(long)]
+    from_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// Replace the live read models with the rebuilt ones.
+    #[arg(long)]
+    swap: bool,
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Export events (position order) as JSON lines, with their hashes and the exact
+    /// bytes that were hashed.
+    Export {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Only events after this position.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// Only events this product's callers may see (its jobs, its factories).
+        #[arg(long)]
+        product: Option<String>,
+        /// Write to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -80,12 +131,48 @@ pub fn main() -> ExitCode {
         .expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
-            Command::Migrate(args) => migrate(args).await,
+            Command::Serve(args) => serve(args).await.map(|_| true),
+            Command::Migrate(args) => migrate(args).await.map(|_| true),
+            Command::Verify(args) => verify(args).await,
+            Command::Replay(args) => {
+                with_db(&args.db, |pool| async move {
+                    crate::audit_cli::replay(&pool, args.swap).await
+                })
+                .await
+            }
+            Command::Events {
+                command:
+                    EventsCommand::Export {
+                        db,
+                        after,
+                        product,
+                        out,
+                    },
+            } => {
+                with_db(&db, |pool| async move {
+                    let n = match out {
+                        Some(path) => {
+                            let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
+                            crate::audit_cli::export(&pool, after, product.as_deref(), &mut f)
+                                .await?
+                        }
+                        None => {
+                            let stdout = std::io::stdout();
+                            let mut lock = stdout.lock();
+                            crate::audit_cli::export(&pool, after, product.as_deref(), &mut lock)
+                                .await?
+                        }
+                    };
+                    eprintln!("exported {n} events");
+                    Ok(true)
+                })
+                .await
+            }
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("gigafactory: {e:#}");
             ExitCode::FAILURE
@@ -120,6 +207,44 @@ async fn database(args: &DbArgs) -> anyhow::Result<(String, Option<EmbeddedPostg
         pg.socket_dir().display()
     );
     Ok((pg.url(), Some(pg)))
+}
+
+/// Runs `f` with a migrated pool on the configured database.
+async fn with_db<F, Fut>(args: &DbArgs, f: F) -> anyhow::Result<bool>
+where
+    F: FnOnce(sqlx::PgPool) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let (url, embedded) = database(args).await?;
+    let pool = db::connect(&url, 4)
+        .await
+        .context("connecting to PostgreSQL")?;
+    db::migrate(&pool).await.context("applying migrations")?;
+    let result = f(pool.clone()).await;
+    pool.close().await;
+    if let Some(pg) = embedded {
+        pg.stop_if_unused().await;
+    }
+    result
+}
+
+async fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
+    let expect = match &args.expect {
+        Some(e) => Some(
+            gigafactory_projections::audit::parse_expectation(e)
+                .ok_or_else(|| anyhow::anyhow!("--expect takes <position>:<64 hex digits>"))?,
+        ),
+        None => None,
+    };
+    match &args.from_file {
+        Some(path) => crate::audit_cli::verify_file(path, expect),
+        None => {
+            with_db(&args.db, |pool| async move {
+                crate::audit_cli::verify_db(&pool, expect).await
+            })
+            .await
+        }
+    }
 }
 
 async fn migrate(args: DbArgs) -> anyhow::Result<()> {

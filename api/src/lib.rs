@@ -3,6 +3,7 @@
 //! PostgreSQL and the `gigafactory` CLI.
 
 pub mod app;
+pub mod audit_cli;
 pub mod auth;
 pub mod background;
 pub mod claim;

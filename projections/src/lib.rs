@@ -12,6 +12,7 @@
 //! its own transaction (read-your-writes) and the projector applying them again
 //! later changes nothing.
 
+pub mod audit;
 pub mod credentials;
 pub mod factories;
 pub mod flags;
@@ -19,6 +20,7 @@ pub mod jobs;
 pub mod liveness;
 pub mod log;
 pub mod projector;
+pub mod replay;
 pub mod runs;
 pub mod settings;
 pub mod timeline;

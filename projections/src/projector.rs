@@ -43,16 +43,17 @@ impl Projection {
         }
     }
 
-    /// The tables this projection writes (for rebuilds and comparisons).
-    pub fn tables(self) -> &'static [&'static str] {
+    /// The tables this projection writes, with their key columns (for rebuilds and
+    /// row-for-row comparisons).
+    pub fn keyed_tables(self) -> &'static [(&'static str, &'static [&'static str])] {
         match self {
-            Self::Jobs => &["job_view"],
-            Self::Runs => &["run_view"],
-            Self::Timeline => &["job_event_view"],
-            Self::Factories => &["factory_view"],
-            Self::Credentials => &["credential_view"],
-            Self::Settings => &["product_settings_view"],
-            Self::Flags => &["flag_view"],
+            Self::Jobs => &[("job_view", &["job_id"])],
+            Self::Runs => &[("run_view", &["run_id"])],
+            Self::Timeline => &[("job_event_view", &["job_id", "sequence"])],
+            Self::Factories => &[("factory_view", &["factory_id"])],
+            Self::Credentials => &[("credential_view", &["token_hash"])],
+            Self::Settings => &[("product_settings_view", &["product_id"])],
+            Self::Flags => &[("flag_view", &["flag"])],
         }
     }
 

@@ -2,7 +2,7 @@
 
 use super::params::{self, QueryMap};
 use crate::app::AppState;
-use crate::auth::{generate_token, hash_token, Caller, Scope};
+use crate::auth::{generate_token, hash_token, Caller, FactoryCaller, Operator, Scope};
 use crate::commands::{execute, into_api, ExecError};
 use crate::error::ApiError;
 use crate::json::JsonBody;
@@ -36,10 +36,9 @@ fn one() -> u32 {
 /// `POST /fleet/factories/enroll` (operator) → 201 `{factoryId, token}`.
 pub async fn enroll(
     State(state): State<AppState>,
-    caller: Caller,
+    Operator(scope): Operator,
     JsonBody(body): JsonBody<Enroll>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let scope = caller.require_operator()?;
     let mut products = Vec::new();
     for p in &body.product_ids {
         let id = ProductId::parse(p)
@@ -88,10 +87,9 @@ const DIRECTIVE_WINDOW_SECS: i64 = 300;
 /// it still runs whose lease has ended (cancelled, expired, revoked…).
 pub async fn heartbeat(
     State(state): State<AppState>,
-    caller: Caller,
+    FactoryCaller { factory_id, .. }: FactoryCaller,
     JsonBody(body): JsonBody<Heartbeat>,
 ) -> Result<Json<Value>, ApiError> {
-    let (factory_id, _) = caller.require_factory()?;
     let running: Vec<Uuid> = body
         .running_job_ids
         .iter()

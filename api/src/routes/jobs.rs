@@ -3,7 +3,7 @@
 
 use super::params::{self, QueryMap};
 use crate::app::AppState;
-use crate::auth::{Caller, Scope};
+use crate::auth::{Caller, Operator, Scope};
 use crate::commands::{execute, into_api};
 use crate::error::ApiError;
 use crate::json::JsonBody;
@@ -55,10 +55,9 @@ fn three() -> u32 {
 /// `POST /fleet/jobs` (operator) → 201 the job.
 pub async fn submit(
     State(state): State<AppState>,
-    caller: Caller,
+    Operator(scope): Operator,
     JsonBody(body): JsonBody<SubmitJob>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let scope = caller.require_operator()?;
     let product = ProductId::parse(&body.product_id).ok_or_else(|| {
         ApiError::invalid(
             "productId",
@@ -190,14 +189,29 @@ pub fn stream_of(job: &Job) -> String {
     spec.job_id.stream_id(&spec.product_id)
 }
 
-/// `GET /fleet/jobs/:id`.
+/// `GET /fleet/jobs/:id`; `?asOf=<version>`: the job as it was at that version,
+/// built from its events (not from the read model).
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    Query(q): Query<QueryMap>,
 ) -> Result<Json<Value>, ApiError> {
     let job = visible_job(&state, &caller.scope(), &id).await?;
-    Ok(Json(views::job(&job)))
+    let Some(as_of) = q.get("asOf") else {
+        return Ok(Json(views::job(&job)));
+    };
+    let version = match as_of.parse::<i64>() {
+        Ok(v) if v >= 1 => v,
+        _ => return Err(ApiError::invalid("asOf", "asOf must be a version ≥ 1")),
+    };
+    let mut conn = state.pool.acquire().await?;
+    let then: Job =
+        gigafactory_projections::log::load_until(&mut conn, &stream_of(&job), version).await?;
+    if (then.version as i64) < version {
+        return Err(ApiError::NotFound("version"));
+    }
+    Ok(Json(views::job(&then)))
 }
 
 #[derive(Deserialize)]
@@ -214,11 +228,10 @@ pub struct PatchJob {
 /// `{"priority": ..}` → 200 the job.
 pub async fn patch(
     State(state): State<AppState>,
-    caller: Caller,
+    Operator(scope): Operator,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<PatchJob>,
 ) -> Result<Json<Value>, ApiError> {
-    let scope = caller.require_operator()?;
     let job = visible_job(&state, &scope, &id).await?;
     let command: Box<dyn Fn(DateTime<Utc>) -> JobCommand + Send + Sync> =
         match (body.stage, body.priority) {

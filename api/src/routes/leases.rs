@@ -2,7 +2,7 @@
 
 use super::jobs::{stream_of, visible_job};
 use crate::app::AppState;
-use crate::auth::{Caller, Scope};
+use crate::auth::{FactoryCaller, Scope};
 use crate::claim::claim_next_job;
 use crate::commands::{execute, into_api};
 use crate::error::ApiError;
@@ -46,10 +46,9 @@ const RECHECK: Duration = Duration::from_millis(500);
 /// (`waitMs`) it holds no database connection; commits anywhere wake it.
 pub async fn claim(
     State(state): State<AppState>,
-    caller: Caller,
+    FactoryCaller { factory_id, .. }: FactoryCaller,
     JsonBody(body): JsonBody<Claim>,
 ) -> Result<Response, ApiError> {
-    let (factory_id, _) = caller.require_factory()?;
     if body.wait_ms > MAX_WAIT_MS {
         return Err(ApiError::invalid(
             "waitMs",
@@ -109,12 +108,11 @@ pub async fn claim(
 /// The job, if this factory's products cover it (404 otherwise).
 async fn factory_job(
     state: &AppState,
-    caller: &Caller,
+    caller: FactoryCaller,
     id: &str,
 ) -> Result<(FactoryId, Job), ApiError> {
-    let (factory_id, products) = caller.require_factory()?;
-    let job = visible_job(state, &Scope::Products(products), id).await?;
-    Ok((factory_id, job))
+    let job = visible_job(state, &Scope::Products(caller.products), id).await?;
+    Ok((caller.factory_id, job))
 }
 
 #[derive(Deserialize)]
@@ -128,11 +126,11 @@ pub struct Renew {
 /// `POST /fleet/jobs/:id/lease/renew` → 200 `{expiresAt, epoch}`.
 pub async fn renew(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: FactoryCaller,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<Renew>,
 ) -> Result<Json<Value>, ApiError> {
-    let (factory_id, job) = factory_job(&state, &caller, &id).await?;
+    let (factory_id, job) = factory_job(&state, caller, &id).await?;
     let done = execute::<Job, _>(&state, &stream_of(&job), |now| JobCommand::RenewLease {
         factory_id,
         epoch: body.epoch,
@@ -161,11 +159,11 @@ pub struct Release {
 /// `POST /fleet/jobs/:id/lease/release` → 200 the job (queued again).
 pub async fn release(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: FactoryCaller,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<Release>,
 ) -> Result<Json<Value>, ApiError> {
-    let (factory_id, job) = factory_job(&state, &caller, &id).await?;
+    let (factory_id, job) = factory_job(&state, caller, &id).await?;
     let done = execute::<Job, _>(&state, &stream_of(&job), |now| JobCommand::ReleaseLease {
         factory_id,
         epoch: body.epoch,
@@ -198,11 +196,11 @@ pub struct ReportBody {
 /// run answers 200 and appends nothing.
 pub async fn report(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: FactoryCaller,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ReportBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let (factory_id, job) = factory_job(&state, &caller, &id).await?;
+    let (factory_id, job) = factory_job(&state, caller, &id).await?;
     if body.error.as_ref().is_some_and(|e| e.len() > 10_000) {
         return Err(ApiError::invalid(
             "error",

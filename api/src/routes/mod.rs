@@ -1,5 +1,6 @@
 //! HTTP routes: thin handlers that extract, call one function, map the error.
 
+mod audit;
 mod events;
 mod factories;
 mod flags;
@@ -43,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .route("/fleet/weights/{product_id}", get(scheduler::get_weights).put(scheduler::put_weights))
         .route("/fleet/explain", get(scheduler::explain))
         .route("/fleet/flags", get(flags::get).put(flags::put))
+        .route("/fleet/audit/verify", get(audit::verify))
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))

@@ -2,7 +2,7 @@
 
 use super::params::{self, QueryMap};
 use crate::app::AppState;
-use crate::auth::Caller;
+use crate::auth::{Caller, Operator};
 use crate::commands::{execute, into_api};
 use crate::error::ApiError;
 use crate::json::JsonBody;
@@ -61,11 +61,11 @@ pub struct PutWeights {
 /// override, stored as an event. `{}` goes back to the defaults.
 pub async fn put_weights(
     State(state): State<AppState>,
-    caller: Caller,
+    Operator(scope): Operator,
     Path(product_id): Path<String>,
     JsonBody(body): JsonBody<PutWeights>,
 ) -> Result<Json<Value>, ApiError> {
-    let product = product(&product_id, &caller.require_operator()?)?;
+    let product = product(&product_id, &scope)?;
     let weights =
         WeightOverrides::parse(&body.weights).map_err(|e| ApiError::invalid(e.field, e.message))?;
     execute::<ProductSettings, _>(&state, product.as_str(), |now| {

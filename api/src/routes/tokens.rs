@@ -2,7 +2,7 @@
 
 use super::params;
 use crate::app::AppState;
-use crate::auth::{generate_token, hash_token, Caller};
+use crate::auth::{generate_token, hash_token, Admin, Caller};
 use crate::commands::{execute, into_api};
 use crate::error::ApiError;
 use crate::json::JsonBody;
@@ -25,10 +25,9 @@ pub struct IssueToken {
 /// `POST /fleet/tokens` → 201 `{tokenId, token}`; the token is shown only here.
 pub async fn issue(
     State(state): State<AppState>,
-    caller: Caller,
+    _admin: Admin,
     JsonBody(body): JsonBody<IssueToken>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    caller.require_admin()?;
     let token = generate_token();
     let token_id = TokenId(Uuid::now_v7());
     let new = NewAccessToken {

@@ -1,0 +1,47 @@
+//! `GET /fleet/audit/verify` (auditor, operator, admin): the log's integrity.
+
+use super::params::QueryMap;
+use crate::app::AppState;
+use crate::auth::{Caller, Scope};
+use crate::error::ApiError;
+use axum::extract::{Query, State};
+use axum::Json;
+use gigafactory_projections::audit::{parse_expectation, verify_log};
+use gigafactory_projections::log::assign_positions;
+use serde_json::{json, Value};
+
+/// `?expect=<position>:<digest>` checks a noted prefix too. Callers scoped to some
+/// products see the problems of those products' events (and the counts, which reveal
+/// nothing); `*` callers see every problem.
+pub async fn verify(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<QueryMap>,
+) -> Result<Json<Value>, ApiError> {
+    let scope = caller.require_reader()?;
+    let expect =
+        match q.get("expect") {
+            Some(e) => Some(parse_expectation(e).ok_or_else(|| {
+                ApiError::invalid("expect", "expect is <position>:<64 hex digits>")
+            })?),
+            None => None,
+        };
+    assign_positions(&state.pool, 10_000).await?;
+    let mut conn = state.pool.acquire().await?;
+    let report = verify_log(&mut conn, expect).await?;
+    let problems: Vec<_> = report
+        .problems
+        .iter()
+        .filter(|p| match &scope {
+            Scope::All => true,
+            Scope::Products(_) => p.product_id.as_deref().is_some_and(|pr| scope.covers(pr)),
+        })
+        .collect();
+    Ok(Json(json!({
+        "ok": report.ok,
+        "events": report.events,
+        "problems": problems,
+        "position": report.position,
+        "digest": report.digest,
+    })))
+}

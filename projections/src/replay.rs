@@ -1,0 +1,188 @@
+//! Replay: rebuild every read model from the log alone into a fresh schema, compare
+//! it row for row with the live read models, and optionally swap it in.
+//!
+//! The projections' SQL names its tables without a schema, so applying events with
+//! `search_path = <replay schema>, public` writes the replay schema's copies while
+//! reading the log from `public.events`. Liveness (`factory_liveness`) is not history:
+//! it is neither rebuilt nor compared.
+
+use crate::log::read_after;
+use crate::projector::PROJECTIONS;
+use crate::ProjectionError;
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgPool, Row};
+
+/// Every log-built table and its key columns.
+pub fn tables() -> Vec<(&'static str, &'static [&'static str])> {
+    PROJECTIONS
+        .iter()
+        .flat_map(|p| p.keyed_tables().iter().copied())
+        .collect()
+}
+
+/// One difference between a live row and its replayed twin.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Difference {
+    pub table: String,
+    pub key: Value,
+    /// `None`: the whole row is missing on one side.
+    pub column: Option<String>,
+    pub live: Value,
+    pub replayed: Value,
+}
+
+fn check_schema_name(schema: &str) -> Result<(), ProjectionError> {
+    let ok = !schema.is_empty()
+        && schema.len() < 60
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && schema != "public";
+    if ok {
+        Ok(())
+    } else {
+        Err(ProjectionError::Db(sqlx::Error::Protocol(format!(
+            "invalid replay schema name {schema:?}"
+        ))))
+    }
+}
+
+/// Rebuilds every read model into `schema` (dropped and created afresh) from the
+/// positioned log, in batches; `progress(events so far, head position)` after each.
+/// Returns how many events were applied.
+pub async fn rebuild_into(
+    pool: &PgPool,
+    schema: &str,
+    batch: i64,
+    mut progress: impl FnMut(u64, i64),
+) -> Result<u64, ProjectionError> {
+    check_schema_name(schema)?;
+    let mut conn = pool.acquire().await?;
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut *conn)
+        .await?;
+    for (table, _) in tables() {
+        sqlx::query(&format!(
+            "CREATE TABLE {schema}.{table} (LIKE public.{table} INCLUDING ALL)"
+        ))
+        .execute(&mut *conn)
+        .await?;
+    }
+    let head: i64 = sqlx::query_scalar("SELECT last_position FROM event_log_head")
+        .fetch_one(&mut *conn)
+        .await?;
+    drop(conn);
+    let mut after = 0;
+    let mut applied = 0u64;
+    loop {
+        let mut tx = pool.begin().await?;
+        sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
+            .execute(&mut *tx)
+            .await?;
+        let events = read_after(&mut tx, after, batch, None).await?;
+        let Some(last) = events.last().and_then(|e| e.position) else {
+            break;
+        };
+        for e in &events {
+            for p in PROJECTIONS {
+                p.apply(&mut tx, e).await?;
+            }
+        }
+        tx.commit().await?;
+        after = last;
+        applied += events.len() as u64;
+        progress(applied, head.max(after));
+    }
+    Ok(applied)
+}
+
+/// Compares the live read models with those in `schema`, row for row.
+pub async fn compare(pool: &PgPool, schema: &str) -> Result<Vec<Difference>, ProjectionError> {
+    check_schema_name(schema)?;
+    let mut out = Vec::new();
+    for (table, keys) in tables() {
+        let using = keys.join(", ");
+        let key_json = keys
+            .iter()
+            .map(|k| format!("'{k}', coalesce(to_jsonb(l.{k}), to_jsonb(r.{k}))"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let key_json = key_json.replace("l.", "l_row.").replace("r.", "r_row.");
+        let sql = format!(
+            "SELECT jsonb_build_object({key_json}) AS key, to_jsonb(l_row) AS live, to_jsonb(r_row) AS replayed
+             FROM public.{table} l_row FULL OUTER JOIN {schema}.{table} r_row USING ({using})
+             WHERE to_jsonb(l_row) IS DISTINCT FROM to_jsonb(r_row)
+             ORDER BY 1 LIMIT 1000"
+        );
+        let rows = sqlx::query(&sql).fetch_all(pool).await?;
+        for r in rows {
+            let key: Value = r.get("key");
+            let live: Option<Value> = r.get("live");
+            let replayed: Option<Value> = r.get("replayed");
+            match (live, replayed) {
+                (Some(Value::Object(l)), Some(Value::Object(rp))) => {
+                    for (column, lv) in &l {
+                        let rv = rp.get(column).cloned().unwrap_or(Value::Null);
+                        if *lv != rv {
+                            out.push(Difference {
+                                table: table.into(),
+                                key: key.clone(),
+                                column: Some(column.clone()),
+                                live: lv.clone(),
+                                replayed: rv,
+                            });
+                        }
+                    }
+                }
+                (l, rp) => out.push(Difference {
+                    table: table.into(),
+                    key,
+                    column: None,
+                    live: l.unwrap_or(Value::Null),
+                    replayed: rp.unwrap_or(Value::Null),
+                }),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Replaces the live read models with the rebuilt ones in one transaction (queries
+/// wait for the moment of the swap, they never see a half state), then drops the old.
+pub async fn swap(pool: &PgPool, schema: &str) -> Result<(), ProjectionError> {
+    check_schema_name(schema)?;
+    let old = format!("{schema}_old");
+    let mut tx = pool.begin().await?;
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {old} CASCADE"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!("CREATE SCHEMA {old}"))
+        .execute(&mut *tx)
+        .await?;
+    for (table, _) in tables() {
+        sqlx::query(&format!("ALTER TABLE public.{table} SET SCHEMA {old}"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!("ALTER TABLE {schema}.{table} SET SCHEMA public"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    // The rebuilt tables reflect the log up to its head: the projector goes on from there.
+    sqlx::query(
+        "UPDATE projection_checkpoints SET position = (SELECT last_position FROM event_log_head)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(&format!("DROP SCHEMA {old} CASCADE"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
