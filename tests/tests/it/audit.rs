@@ -46,6 +46,26 @@ async fn workload(app: &TestApp) -> String {
             }
         }
     }
+    // An expiry: a lease that runs out and is swept.
+    let (_, ft) = app.enroll(&op, &["p1"], &[], 1).await;
+    let short = app
+        .submit(
+            &op,
+            json!({"productId": "p1", "title": "short", "timeoutSecs": 1, "priority": "critical"}),
+        )
+        .await;
+    let id = short["id"].as_str().unwrap().to_string();
+    let c = app.claim(&ft).await.unwrap();
+    assert_eq!(c["job"]["id"], id.as_str());
+    let mut expired = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if app.get(&format!("/fleet/jobs/{id}"), &op).await.body["attempts"] == 1 {
+            expired = true;
+            break;
+        }
+    }
+    assert!(expired, "the short lease expired");
     op
 }
 
