@@ -25,6 +25,9 @@ pub struct Settings {
     pub nomination_secs: i64,
     /// Flag values from the environment, used while the log has none.
     pub flag_seeds: crate::flags::FlagSeeds,
+    /// Messages buffered per event-stream subscriber before it counts as too slow
+    /// (it then gets `resync` and is closed).
+    pub sse_buffer: usize,
     /// Run the preemption coordinator. Off only to compare with a server that lacks
     /// the feature (tests); the flag is how operators turn preemption off.
     pub preemption_coordinator: bool,
@@ -39,6 +42,7 @@ impl Default for Settings {
             max_body_bytes: 1024 * 1024,
             nomination_secs: 30,
             flag_seeds: crate::flags::FlagSeeds::default(),
+            sse_buffer: 1024,
             preemption_coordinator: true,
         }
     }
@@ -53,6 +57,8 @@ pub struct AppState {
     pub wake: Arc<Notify>,
     /// Wakes the log worker (sequencer + projector).
     pub log_wake: Arc<Notify>,
+    /// Woken after each log-worker round: new positions may be readable (streams).
+    pub positioned: Arc<Notify>,
     /// Cancelled on SIGTERM: long polls answer 204, workers stop.
     pub shutdown: CancellationToken,
     pub settings: Arc<Settings>,
@@ -67,6 +73,7 @@ impl AppState {
             admin_token_hash,
             wake: Arc::new(Notify::new()),
             log_wake: Arc::new(Notify::new()),
+            positioned: Arc::new(Notify::new()),
             shutdown: CancellationToken::new(),
             settings: Arc::new(settings),
             clock: crate::commands::Clock::default(),
@@ -89,6 +96,7 @@ pub struct App {
 impl App {
     /// Builds the router and starts the background workers.
     pub fn start(state: AppState) -> Self {
+        crate::metrics::handle();
         let workers = background::spawn(&state);
         let router = routes::router(state.clone());
         Self {

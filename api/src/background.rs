@@ -61,6 +61,10 @@ async fn log_worker(state: AppState) {
         if let Err(e) = catch_up(&state).await {
             tracing::warn!(error = %e, "log worker failed a round");
         }
+        state.positioned.notify_waiters();
+        if let Err(e) = crate::metrics::record_projection_lag(&state).await {
+            tracing::debug!(error = %e, "projection lag not measured");
+        }
         tokio::select! {
             _ = state.log_wake.notified() => {}
             _ = tokio::time::sleep(LOG_TICK) => {}
@@ -137,6 +141,7 @@ pub async fn sweep(state: &AppState) -> Result<usize, anyhow::Error> {
         {
             Ok(done) if !done.events.is_empty() => {
                 ended += 1;
+                metrics::counter!("gigafactory_lease_expiries_total").increment(1);
                 tracing::info!(job_id = %job_id, "lease expired");
             }
             Ok(_) | Err(ExecError::Domain(JobError::NotExpired)) => {}

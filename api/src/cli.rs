@@ -285,6 +285,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // FLEET_PREEMPTION / FLEET_BUDGETS: off | shadow | on, used while the log has
         // no event for the flag (PUT /fleet/flags changes them at run time).
         flag_seeds: crate::flags::FlagSeeds::from_env().map_err(anyhow::Error::msg)?,
+        sse_buffer: 1024,
         preemption_coordinator: true,
     };
     let state = AppState::new(pool.clone(), Some(hash_token(&admin_token)), settings);

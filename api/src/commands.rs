@@ -158,6 +158,8 @@ where
     })?;
     for r in &records {
         apply_to_read_models(conn, r).await?;
+        metrics::counter!("gigafactory_events_appended_total", "type" => r.event_type.clone())
+            .increment(1);
     }
     Ok(Executed {
         aggregate,

@@ -67,6 +67,9 @@ impl IntoResponse for ApiError {
         if let Self::Internal(detail) = &self {
             tracing::error!(error = %detail, "internal error");
         }
+        if let Self::Fenced { .. } = &self {
+            metrics::counter!("gigafactory_fenced_writes_total").increment(1);
+        }
         let mut body = json!({"code": code, "message": self.to_string()});
         match &self {
             Self::Invalid { field, .. } => body["field"] = json!(field),

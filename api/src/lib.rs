@@ -14,6 +14,7 @@ pub mod embedded;
 pub mod error;
 pub mod flags;
 pub mod json;
+pub mod metrics;
 pub mod preemption;
 pub mod routes;
 pub mod scheduling;

@@ -74,6 +74,7 @@ pub async fn claim(
         let woken = state.wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
+        let attempt_started = std::time::Instant::now();
         let found = claim_next_job(
             &state,
             factory_id,
@@ -82,6 +83,8 @@ pub async fn claim(
             ttl,
         )
         .await?;
+        metrics::histogram!("gigafactory_claim_duration_seconds")
+            .record(attempt_started.elapsed().as_secs_f64());
         if let Some(c) = found {
             let lease = c.job.lease.as_ref().expect("a granted job holds a lease");
             let body = json!({
@@ -90,10 +93,12 @@ pub async fn claim(
                 "runId": lease.run_id.to_string(),
                 "breakdown": c.breakdown,
             });
+            metrics::counter!("gigafactory_claims_total", "outcome" => "granted").increment(1);
             return Ok(Json(body).into_response());
         }
         let now = Instant::now();
         if now >= deadline || state.shutdown.is_cancelled() {
+            metrics::counter!("gigafactory_claims_total", "outcome" => "empty").increment(1);
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
         let nap = (deadline - now).min(RECHECK);

@@ -9,6 +9,7 @@ mod jobs;
 mod leases;
 mod params;
 mod scheduler;
+mod stream;
 mod tokens;
 
 use crate::app::AppState;
@@ -45,6 +46,9 @@ pub fn router(state: AppState) -> Router {
         .route("/fleet/explain", get(scheduler::explain))
         .route("/fleet/flags", get(flags::get).put(flags::put))
         .route("/fleet/audit/verify", get(audit::verify))
+        .route("/fleet/stream", get(stream::stream))
+        .route("/metrics", get(crate::metrics::render))
+        .route_layer(axum::middleware::from_fn(crate::metrics::track))
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))

@@ -6,6 +6,7 @@ mod bad_input;
 mod claims;
 mod leases;
 mod lifecycle;
+mod platform;
 mod preemption;
 mod process;
 mod projector;

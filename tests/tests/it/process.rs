@@ -132,6 +132,15 @@ async fn kill_9_loses_no_acknowledged_event() {
             (r.status(), started.elapsed())
         })
     };
+    // And an open event stream.
+    let stream = http
+        .get(format!("{base}/fleet/stream"))
+        .bearer_auth(&op)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let streaming = tokio::spawn(async move { stream.text().await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let (status, waited) = waiting.await.unwrap();
@@ -140,7 +149,17 @@ async fn kill_9_loses_no_acknowledged_event() {
         waited < Duration::from_secs(10),
         "the long poll ended on SIGTERM, not at waitMs"
     );
-    assert!(child.wait().unwrap().success());
+    let closed = tokio::time::timeout(Duration::from_secs(10), streaming).await;
+    assert!(closed.is_ok(), "SIGTERM closed the stream");
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Some(s) = child.try_wait().unwrap() {
+            exited = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(exited.expect("the server exited after SIGTERM").success());
 }
 
 #[tokio::test]
