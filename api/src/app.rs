@@ -25,6 +25,10 @@ pub struct Settings {
     pub nomination_secs: i64,
     /// Flag values from the environment, used while the log has none.
     pub flag_seeds: crate::flags::FlagSeeds,
+    /// Largest artifact accepted (larger: 413, nothing stored).
+    pub artifact_max_bytes: u64,
+    /// Blobs no artifact points to are removed once this old.
+    pub artifact_orphan_grace: Duration,
     /// Messages buffered per event-stream subscriber before it counts as too slow
     /// (it then gets `resync` and is closed).
     pub sse_buffer: usize,
@@ -43,6 +47,8 @@ impl Default for Settings {
             nomination_secs: 30,
             flag_seeds: crate::flags::FlagSeeds::default(),
             sse_buffer: 1024,
+            artifact_max_bytes: 100 * 1024 * 1024,
+            artifact_orphan_grace: Duration::from_secs(3600),
             preemption_coordinator: true,
         }
     }
@@ -64,6 +70,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// The clock commands read (the database's; shifted in simulations).
     pub clock: crate::commands::Clock,
+    /// Where artifact bytes live (in memory until [`AppState::with_artifacts`]).
+    pub artifacts: Arc<dyn object_store::ObjectStore>,
 }
 
 impl AppState {
@@ -77,7 +85,14 @@ impl AppState {
             shutdown: CancellationToken::new(),
             settings: Arc::new(settings),
             clock: crate::commands::Clock::default(),
+            artifacts: Arc::new(object_store::memory::InMemory::new()),
         }
+    }
+
+    /// Uses this blob store for artifacts.
+    pub fn with_artifacts(mut self, store: Arc<dyn object_store::ObjectStore>) -> Self {
+        self.artifacts = store;
+        self
     }
 
     pub fn wake_all(&self) {

@@ -105,7 +105,14 @@ pub async fn catch_up(state: &AppState) -> Result<(), anyhow::Error> {
 /// Ends expired leases, releases the leases of revoked factories, and runs the
 /// preemption coordinator.
 async fn sweeper(state: AppState) {
+    let mut last_orphan_sweep = std::time::Instant::now();
     loop {
+        if last_orphan_sweep.elapsed() >= std::time::Duration::from_secs(60) {
+            last_orphan_sweep = std::time::Instant::now();
+            if let Err(e) = crate::artifacts::sweep_orphans(&state).await {
+                tracing::warn!(error = %e, "artifact orphan sweep failed");
+            }
+        }
         if let Err(e) = sweep(&state).await {
             tracing::warn!(error = %e, "lease sweeper failed a round");
         }

@@ -117,6 +117,23 @@ struct ServeArgs {
     /// Largest accepted request body, in bytes (larger: 413).
     #[arg(long, env = "GIGAFACTORY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     max_body_bytes: usize,
+    /// Directory for artifact bytes (default: `artifacts` under --data-dir's default).
+    #[arg(long, env = "GIGAFACTORY_ARTIFACT_DIR")]
+    artifact_dir: Option<PathBuf>,
+    /// An object_store URL for artifacts instead (`s3://bucket/prefix`, credentials
+    /// from AWS_* variables). Several hosts need a shared store.
+    #[arg(long, env = "GIGAFACTORY_ARTIFACT_STORE")]
+    artifact_store: Option<String>,
+    /// Largest artifact in bytes (larger: 413).
+    #[arg(long, env = "GIGAFACTORY_ARTIFACT_MAX_BYTES", default_value_t = 100 * 1024 * 1024)]
+    artifact_max_bytes: u64,
+    /// Seconds a blob no artifact points to may stay before the sweeper removes it.
+    #[arg(
+        long,
+        env = "GIGAFACTORY_ARTIFACT_ORPHAN_GRACE_SECS",
+        default_value_t = 3600
+    )]
+    artifact_orphan_grace_secs: u64,
     /// Seconds a slot freed by a preemption stays reserved for the critical job.
     #[arg(long, env = "GIGAFACTORY_NOMINATION_SECS", default_value_t = 30)]
     nomination_secs: i64,
@@ -286,9 +303,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // no event for the flag (PUT /fleet/flags changes them at run time).
         flag_seeds: crate::flags::FlagSeeds::from_env().map_err(anyhow::Error::msg)?,
         sse_buffer: 1024,
+        artifact_max_bytes: args.artifact_max_bytes,
+        artifact_orphan_grace: Duration::from_secs(args.artifact_orphan_grace_secs),
         preemption_coordinator: true,
     };
-    let state = AppState::new(pool.clone(), Some(hash_token(&admin_token)), settings);
+    let artifact_dir = args.artifact_dir.clone().unwrap_or_else(|| {
+        args.db
+            .data_dir
+            .clone()
+            .unwrap_or_else(EmbeddedPostgres::default_dir)
+            .join("artifacts")
+    });
+    let store = crate::artifacts::open(args.artifact_store.as_deref(), &artifact_dir)
+        .context("opening the artifact store")?;
+    let state =
+        AppState::new(pool.clone(), Some(hash_token(&admin_token)), settings).with_artifacts(store);
     let app = App::start(state);
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

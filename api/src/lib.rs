@@ -3,6 +3,7 @@
 //! PostgreSQL and the `gigafactory` CLI.
 
 pub mod app;
+pub mod artifacts;
 pub mod audit_cli;
 pub mod auth;
 pub mod background;

@@ -12,6 +12,7 @@
 //! its own transaction (read-your-writes) and the projector applying them again
 //! later changes nothing.
 
+pub mod artifacts;
 pub mod audit;
 pub mod credentials;
 pub mod factories;

@@ -18,9 +18,10 @@ pub enum Projection {
     Credentials,
     Settings,
     Flags,
+    Artifacts,
 }
 
-pub const PROJECTIONS: [Projection; 7] = [
+pub const PROJECTIONS: [Projection; 8] = [
     Projection::Jobs,
     Projection::Runs,
     Projection::Timeline,
@@ -28,6 +29,7 @@ pub const PROJECTIONS: [Projection; 7] = [
     Projection::Credentials,
     Projection::Settings,
     Projection::Flags,
+    Projection::Artifacts,
 ];
 
 impl Projection {
@@ -40,6 +42,7 @@ impl Projection {
             Self::Credentials => "credentials",
             Self::Settings => "settings",
             Self::Flags => "flags",
+            Self::Artifacts => "artifacts",
         }
     }
 
@@ -54,6 +57,7 @@ impl Projection {
             Self::Credentials => &[("credential_view", &["token_hash"])],
             Self::Settings => &[("product_settings_view", &["product_id"])],
             Self::Flags => &[("flag_view", &["flag"])],
+            Self::Artifacts => &[("artifact_view", &["artifact_id"])],
         }
     }
 
@@ -70,6 +74,7 @@ impl Projection {
             Self::Credentials => crate::credentials::apply(conn, event).await,
             Self::Settings => crate::settings::apply(conn, event).await,
             Self::Flags => crate::flags::apply(conn, event).await,
+            Self::Artifacts => crate::artifacts::apply(conn, event).await,
         }
     }
 }

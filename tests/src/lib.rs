@@ -113,6 +113,8 @@ impl Drop for TestDb {
 /// A running server on a random port.
 pub struct TestApp {
     pub base: String,
+    /// Where this server keeps artifact bytes (a fresh directory).
+    pub artifact_dir: PathBuf,
     pub admin_token: String,
     pub pool: PgPool,
     pub state: AppState,
@@ -144,11 +146,15 @@ pub async fn spawn_app_on(db: Arc<TestDb>) -> TestApp {
 
 pub async fn spawn_app_with(db: Arc<TestDb>, settings: Settings) -> TestApp {
     let pool = db.pool(20).await;
+    let artifact_dir =
+        std::env::temp_dir().join(format!("gf-artifacts-{}", uuid::Uuid::new_v4().simple()));
+    let store = gigafactory_api::artifacts::open(None, &artifact_dir).expect("artifact directory");
     let state = AppState::new(
         pool.clone(),
         Some(gigafactory_api::auth::hash_token(ADMIN_TOKEN)),
         settings,
-    );
+    )
+    .with_artifacts(store);
     let app = App::start(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -161,6 +167,7 @@ pub async fn spawn_app_with(db: Arc<TestDb>, settings: Settings) -> TestApp {
     });
     TestApp {
         base,
+        artifact_dir,
         admin_token: ADMIN_TOKEN.to_string(),
         pool,
         state,
@@ -184,7 +191,33 @@ impl Resp {
     }
 }
 
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.artifact_dir);
+    }
+}
+
 impl TestApp {
+    /// Files under the artifact directory.
+    pub fn artifact_files(&self) -> usize {
+        fn walk(p: &std::path::Path) -> usize {
+            std::fs::read_dir(p)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| {
+                            if e.path().is_dir() {
+                                walk(&e.path())
+                            } else {
+                                1
+                            }
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        walk(&self.artifact_dir)
+    }
+
     pub async fn call(
         &self,
         method: reqwest::Method,

@@ -1,5 +1,6 @@
 //! HTTP routes: thin handlers that extract, call one function, map the error.
 
+mod artifacts;
 mod audit;
 mod events;
 mod factories;
@@ -41,6 +42,11 @@ pub fn router(state: AppState) -> Router {
         .route("/fleet/jobs/{job_id}/lease/release", post(leases::release))
         .route("/fleet/jobs/{job_id}/report", post(leases::report))
         .route("/fleet/claim", post(leases::claim))
+        .route("/fleet/jobs/{job_id}/artifacts", post(artifacts::upload).get(artifacts::list))
+        .route(
+            "/fleet/jobs/{job_id}/artifacts/{artifact_id}",
+            get(artifacts::download).delete(artifacts::delete),
+        )
         .route("/fleet/events", get(events::list))
         .route("/fleet/weights/{product_id}", get(scheduler::get_weights).put(scheduler::put_weights))
         .route("/fleet/explain", get(scheduler::explain))

@@ -61,6 +61,8 @@ pub struct Job {
     pub nomination: Option<Nomination>,
     /// Victims already recorded in shadow mode (recorded once each).
     pub shadowed_victims: Vec<JobId>,
+    /// Artifacts attached and not deleted.
+    pub artifacts: Vec<uuid::Uuid>,
     pub created_at: Option<Timestamp>,
     pub updated_at: Option<Timestamp>,
 }
@@ -270,6 +272,39 @@ impl Job {
                     victim,
                     factory_id,
                     reason,
+                    at: now,
+                }])
+            }
+            AddArtifact {
+                uploader,
+                artifact,
+                now,
+            } => {
+                if let Err(message) = super::commands::check_artifact_name(&artifact.name) {
+                    return Err(JobError::Invalid {
+                        field: "name",
+                        message,
+                    });
+                }
+                let factory_id = match uploader {
+                    super::commands::Uploader::Factory { factory_id, epoch } => {
+                        self.valid_lease(factory_id, epoch, now)?;
+                        Some(factory_id)
+                    }
+                    super::commands::Uploader::Operator => None,
+                };
+                Ok(vec![JobEvent::ArtifactAdded {
+                    artifact,
+                    factory_id,
+                    at: now,
+                }])
+            }
+            DeleteArtifact { artifact_id, now } => {
+                if !self.artifacts.contains(&artifact_id) {
+                    return Err(JobError::NotFound);
+                }
+                Ok(vec![JobEvent::ArtifactDeleted {
+                    artifact_id,
                     at: now,
                 }])
             }
@@ -495,6 +530,8 @@ impl Aggregate for Job {
             | LeasePreempted { at, .. }
             | JobNominated { at, .. }
             | PreemptionShadowed { at, .. }
+            | ArtifactAdded { at, .. }
+            | ArtifactDeleted { at, .. }
             | JobShipped { at, .. }
             | JobCancelled { at, .. }
             | PriorityChanged { at, .. } => *at,
@@ -591,6 +628,8 @@ impl Aggregate for Job {
                 self.nomination = Some(Nomination { factory_id, until });
             }
             PreemptionShadowed { victim, .. } => self.shadowed_victims.push(victim),
+            ArtifactAdded { artifact, .. } => self.artifacts.push(artifact.artifact_id),
+            ArtifactDeleted { artifact_id, .. } => self.artifacts.retain(|a| *a != artifact_id),
             JobShipped { .. } => self.stage = Stage::Shipped,
             JobCancelled { .. } => {
                 self.end_lease(RunOutcome::Cancelled);

@@ -43,6 +43,42 @@ pub struct Report {
     pub error: Option<String>,
 }
 
+/// An artifact's metadata (its bytes are already in the blob store).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactMeta {
+    pub artifact_id: uuid::Uuid,
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+    pub content_type: String,
+    /// Where the bytes are in the blob store.
+    pub blob_key: String,
+}
+
+/// Who uploads an artifact: the lease holder with its epoch, or an operator.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Uploader {
+    Factory { factory_id: FactoryId, epoch: u64 },
+    Operator,
+}
+
+/// Checks an artifact name: 1–200 characters, no path separators, no `..`, no
+/// control characters (names never become paths, but they are shown and downloaded).
+pub fn check_artifact_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err("name must be 1 to 200 characters".into());
+    }
+    if name.contains('/')
+        || name.contains('\\')
+        || name.contains("..")
+        || name.chars().any(char::is_control)
+    {
+        return Err("name may not contain '/', '\\', '..' or control characters".into());
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobCommand {
     /// Create the job (queued at once: DAG blocking comes with the DAG issue).
@@ -107,6 +143,17 @@ pub enum JobCommand {
         victim: JobId,
         factory_id: FactoryId,
         reason: String,
+        now: Timestamp,
+    },
+    /// Attach an uploaded artifact (the holder's epoch must be current).
+    AddArtifact {
+        uploader: Uploader,
+        artifact: ArtifactMeta,
+        now: Timestamp,
+    },
+    /// An operator removes an artifact.
+    DeleteArtifact {
+        artifact_id: uuid::Uuid,
         now: Timestamp,
     },
     /// An operator approves a job in `review`.

@@ -1,6 +1,6 @@
 //! Everything that can happen to a job. Payloads are camelCase JSON in the log.
 
-use super::commands::NewJob;
+use super::commands::{ArtifactMeta, NewJob};
 use crate::{FactoryId, JobId, Priority, RunId, Timestamp};
 use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
@@ -127,6 +127,18 @@ pub enum JobEvent {
         reason: String,
         at: Timestamp,
     },
+    /// An artifact was attached; its bytes are in the blob store at `blobKey`.
+    ArtifactAdded {
+        #[serde(flatten)]
+        artifact: ArtifactMeta,
+        /// The uploading factory (none: an operator).
+        factory_id: Option<FactoryId>,
+        at: Timestamp,
+    },
+    ArtifactDeleted {
+        artifact_id: uuid::Uuid,
+        at: Timestamp,
+    },
     JobShipped {
         at: Timestamp,
     },
@@ -160,6 +172,8 @@ impl DomainEvent for JobEvent {
             Self::LeasePreempted { .. } => "LeasePreempted",
             Self::JobNominated { .. } => "JobNominated",
             Self::PreemptionShadowed { .. } => "PreemptionShadowed",
+            Self::ArtifactAdded { .. } => "ArtifactAdded",
+            Self::ArtifactDeleted { .. } => "ArtifactDeleted",
             Self::JobShipped { .. } => "JobShipped",
             Self::JobCancelled { .. } => "JobCancelled",
             Self::PriorityChanged { .. } => "PriorityChanged",

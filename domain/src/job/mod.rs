@@ -13,8 +13,8 @@ mod tests;
 
 pub use aggregate::{EndedRun, Job, Lease, Nomination};
 pub use commands::{
-    JobCommand, NewJob, Report, ReportStatus, LEASE_TTL_DEFAULT_SECS, LEASE_TTL_MAX_SECS,
-    LEASE_TTL_MIN_SECS,
+    check_artifact_name, ArtifactMeta, JobCommand, NewJob, Report, ReportStatus, Uploader,
+    LEASE_TTL_DEFAULT_SECS, LEASE_TTL_MAX_SECS, LEASE_TTL_MIN_SECS,
 };
 pub use errors::{CurrentState, JobError};
 pub use events::{JobEvent, RunOutcome};

@@ -1,6 +1,7 @@
 //! Integration tests: the real router (and real processes) against a real
 //! PostgreSQL, a fresh database per test.
 
+mod artifacts;
 mod audit;
 mod bad_input;
 mod claims;

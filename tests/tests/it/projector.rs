@@ -92,6 +92,7 @@ async fn snapshot(app: &TestApp) -> Vec<String> {
         ("credential_view", "token_hash"),
         ("product_settings_view", "product_id"),
         ("flag_view", "flag"),
+        ("artifact_view", "artifact_id"),
     ] {
         let rows = sqlx::query(&format!(
             "SELECT row_to_json(t)::text AS r FROM {table} t ORDER BY {key}"
@@ -184,7 +185,7 @@ async fn applying_events_again_or_rebuilding_changes_nothing() {
     assert_eq!(snapshot(&app).await, live);
 
     // Rebuilt from the log alone.
-    sqlx::query("TRUNCATE job_view, run_view, job_event_view, factory_view, credential_view, product_settings_view, flag_view")
+    sqlx::query("TRUNCATE job_view, run_view, job_event_view, factory_view, credential_view, product_settings_view, flag_view, artifact_view")
         .execute(&app.pool)
         .await
         .unwrap();
