@@ -36,6 +36,9 @@ enum Command {
     /// Rebuild every read model from the log alone into a fresh schema and compare it
     /// row for row with the live ones (exit 0 only when equal).
     Replay(ReplayArgs),
+    /// Run N simulated factories against a running server: enroll, claim, work,
+    /// report (the demo of a living fleet, and a load generator). Prints a summary.
+    Simulate(SimulateArgs),
     /// The event log as JSON lines.
     Events {
         #[command(subcommand)]
@@ -53,6 +56,46 @@ struct VerifyArgs {
     /// Verify an exported copy (JSON lines) instead, with no database.
     #[arg(long)]
     from_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    /// The server.
+    #[arg(long, env = "GIGAFACTORY_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// The admin token (an operator token is issued for the run) or an operator token.
+    #[arg(long, env = "GIGAFACTORY_ADMIN_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Simulated factories.
+    #[arg(long, default_value_t = 8)]
+    factories: usize,
+    /// Concurrent leases per factory.
+    #[arg(long, default_value_t = 1)]
+    capacity: u32,
+    /// Jobs to submit.
+    #[arg(long, default_value_t = 200)]
+    jobs: usize,
+    /// Products (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "demo")]
+    products: Vec<String>,
+    /// Capabilities the factories offer; each job requires a random subset.
+    #[arg(long, value_delimiter = ',', default_value = "rust,gpu,browser")]
+    capabilities: Vec<String>,
+    /// Shares of critical,high,normal,low jobs.
+    #[arg(long, value_delimiter = ',', default_value = "0.05,0.2,0.5,0.25")]
+    priorities: Vec<f64>,
+    /// Chance that a run fails.
+    #[arg(long, default_value_t = 0.05)]
+    failure_rate: f64,
+    /// Milliseconds of simulated work per job.
+    #[arg(long, default_value_t = 0)]
+    work_ms: u64,
+    /// Upload a small artifact with each successful run.
+    #[arg(long)]
+    artifacts: bool,
+    /// Also write the summary as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -151,6 +194,7 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await.map(|_| true),
             Command::Migrate(args) => migrate(args).await.map(|_| true),
             Command::Verify(args) => verify(args).await,
+            Command::Simulate(args) => simulate(args).await,
             Command::Replay(args) => {
                 with_db(&args.db, |pool| async move {
                     crate::audit_cli::replay(&pool, args.swap).await
@@ -243,6 +287,47 @@ where
         pg.stop_if_unused().await;
     }
     result
+}
+
+async fn simulate(args: SimulateArgs) -> anyhow::Result<bool> {
+    let priorities: [f64; 4] =
+        args.priorities.clone().try_into().map_err(|_| {
+            anyhow::anyhow!("--priorities takes four shares: critical,high,normal,low")
+        })?;
+    let summary = crate::simulate::simulate(crate::simulate::SimulateOptions {
+        url: args.url,
+        token: args.token,
+        factories: args.factories,
+        capacity: args.capacity,
+        jobs: args.jobs,
+        products: args.products,
+        capabilities: args.capabilities,
+        priorities,
+        failure_rate: args.failure_rate,
+        work: Duration::from_millis(args.work_ms),
+        artifacts: args.artifacts,
+        progress: true,
+    })
+    .await?;
+    println!(
+        "{} factories, {} jobs: {} runs succeeded, {} failed in {:.1} s — {:.0} jobs/s; claim latency p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms",
+        summary.factories,
+        summary.jobs,
+        summary.runs_succeeded,
+        summary.runs_failed,
+        summary.seconds,
+        summary.jobs_per_second,
+        summary.claim_latency_ms.p50,
+        summary.claim_latency_ms.p95,
+        summary.claim_latency_ms.p99
+    );
+    for (kind, n) in &summary.errors {
+        println!("errors {kind}: {n}");
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&summary)?)?;
+    }
+    Ok(summary.errors.is_empty())
 }
 
 async fn verify(args: VerifyArgs) -> anyhow::Result<bool> {

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod preemption;
 pub mod routes;
 pub mod scheduling;
+pub mod simulate;
 pub mod views;
 
 pub use app::{App, AppState, Settings};

@@ -12,4 +12,5 @@ mod preemption;
 mod process;
 mod projector;
 mod scheduler;
+mod simulate;
 mod tokens;

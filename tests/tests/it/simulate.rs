@@ -1,0 +1,48 @@
+//! `gigafactory simulate` drives a real fleet to the end (a smoke run; speed is
+//! measured by the benchmark, not here).
+
+use gigafactory_api::simulate::{simulate, SimulateOptions};
+use gigafactory_tests::spawn_app;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_fleet_runs_every_job_to_an_end() {
+    let app = spawn_app().await;
+    let summary = simulate(SimulateOptions {
+        url: app.base.clone(),
+        token: app.admin_token.clone(),
+        factories: 4,
+        capacity: 2,
+        jobs: 40,
+        products: vec!["p1".into(), "p2".into()],
+        capabilities: vec!["rust".into(), "gpu".into()],
+        priorities: [0.1, 0.2, 0.4, 0.3],
+        failure_rate: 0.1,
+        work: Duration::from_millis(5),
+        artifacts: true,
+        progress: false,
+    })
+    .await
+    .unwrap();
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    assert!(summary.runs_succeeded >= 30, "{summary:?}");
+    assert!(summary.claim_latency_ms.p50 > 0.0);
+    let op = app.operator(&["p1", "p2"]).await;
+    let mut ended = 0;
+    for stage in ["review", "failed"] {
+        let r = app
+            .get(&format!("/fleet/jobs?stage={stage}&limit=500"), &op)
+            .await;
+        ended += r.body["items"].as_array().unwrap().len();
+    }
+    assert_eq!(ended, 40, "every job ran to an end");
+    assert_eq!(
+        summary.runs_succeeded as usize,
+        app.get("/fleet/jobs?stage=review&limit=500", &op)
+            .await
+            .body["items"]
+            .as_array()
+            .unwrap()
+            .len()
+    );
+}
