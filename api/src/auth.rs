@@ -190,28 +190,6 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_are_random_and_hashed() {
-        let a = generate_token();
-        let b = generate_token();
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 3 + 64);
-        assert_eq!(hash_token(&a).len(), 64);
-        assert_ne!(hash_token(&a), a);
-    }
-
-    #[test]
-    fn scope_star_covers_everything() {
-        assert!(Scope::from_list(vec!["*".into()]).covers("x"));
-        let s = Scope::from_list(vec!["a".into()]);
-        assert!(s.covers("a") && !s.covers("b"));
-    }
-}
-
 /// An admin or operator, checked before the body is read (so an auditor's write is
 /// 403 whatever its body).
 pub struct Operator(pub Scope);
@@ -265,5 +243,27 @@ impl FromRequestParts<AppState> for FactoryCaller {
             factory_id,
             products,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_and_hashed() {
+        let a = generate_token();
+        let b = generate_token();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 3 + 64);
+        assert_eq!(hash_token(&a).len(), 64);
+        assert_ne!(hash_token(&a), a);
+    }
+
+    #[test]
+    fn scope_star_covers_everything() {
+        assert!(Scope::from_list(vec!["*".into()]).covers("x"));
+        let s = Scope::from_list(vec!["a".into()]);
+        assert!(s.covers("a") && !s.covers("b"));
     }
 }

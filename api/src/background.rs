@@ -140,7 +140,7 @@ pub async fn sweep(state: &AppState) -> Result<usize, anyhow::Error> {
     for (job_id, product_id) in expired {
         let stream = JobId(job_id).stream_id(&ProductId(product_id));
         let jitter: f64 = rand::thread_rng().gen();
-        match execute::<Job, _>(&state, &stream, |now| JobCommand::ExpireLease {
+        match execute::<Job, _>(state, &stream, |now| JobCommand::ExpireLease {
             jitter,
             now,
         })
@@ -158,7 +158,7 @@ pub async fn sweep(state: &AppState) -> Result<usize, anyhow::Error> {
     for (job_id, product_id, factory_id) in revoked {
         let stream = JobId(job_id).stream_id(&ProductId(product_id));
         let factory_id = FactoryId(factory_id);
-        match execute::<Job, _>(&state, &stream, |now| JobCommand::RevokeLease {
+        match execute::<Job, _>(state, &stream, |now| JobCommand::RevokeLease {
             factory_id,
             now,
         })

@@ -172,6 +172,9 @@ pub struct Report {
     pub digest: String,
 }
 
+/// A stream's last sequence, stored hash and recomputed hash.
+type StreamTip = (i64, Vec<u8>, [u8; 32]);
+
 /// Checks events fed in position order.
 pub struct Verifier {
     /// Positions must be 1, 2, 3…: true for the whole log, false for a filtered copy.
@@ -179,7 +182,7 @@ pub struct Verifier {
     expect: Option<(i64, String)>,
     expect_checked: bool,
     /// Per stream: last sequence, last stored hash, last recomputed hash.
-    streams: HashMap<(String, String), (i64, Vec<u8>, [u8; 32])>,
+    streams: HashMap<(String, String), StreamTip>,
     digest: [u8; 32],
     last_position: i64,
     events: u64,

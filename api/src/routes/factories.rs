@@ -192,7 +192,7 @@ async fn release_leases_of(state: &AppState, factory_id: FactoryId) -> Result<()
     drop(conn);
     for lease in held {
         let stream = JobId(lease.job_id).stream_id(&ProductId(lease.product_id));
-        match execute::<Job, _>(&state, &stream, |now| JobCommand::RevokeLease {
+        match execute::<Job, _>(state, &stream, |now| JobCommand::RevokeLease {
             factory_id,
             now,
         })

@@ -45,7 +45,7 @@ pub async fn get_weights(
 ) -> Result<Json<Value>, ApiError> {
     let product = product(&product_id, &caller.require_reader()?)?;
     let mut conn = state.pool.acquire().await?;
-    let overrides = settings::weights_of(&mut conn, &[product.0.clone()]).await?;
+    let overrides = settings::weights_of(&mut conn, std::slice::from_ref(&product.0)).await?;
     Ok(Json(weights_body(
         &product,
         overrides.get(product.as_str()),
