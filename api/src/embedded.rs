@@ -45,8 +45,13 @@ impl EmbeddedPostgres {
 
     /// sqlx URL of the project's database on the socket.
     pub fn url(&self) -> String {
+        self.url_for(DATABASE)
+    }
+
+    /// sqlx URL of database `db` on the socket.
+    pub fn url_for(&self, db: &str) -> String {
         format!(
-            "postgres:///{DATABASE}?host={}&port={PORT}&user=postgres",
+            "postgres:///{db}?host={}&port={PORT}&user=postgres",
             self.base.display()
         )
     }

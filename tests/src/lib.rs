@@ -27,11 +27,35 @@ mod tokio_util_shim {
     }
 }
 
-/// The PostgreSQL server tests run against (its maintenance database URL).
+/// The PostgreSQL server tests run against (its maintenance database URL):
+/// `TEST_DATABASE_URL`, else `DATABASE_URL`, else a server on 127.0.0.1:5432, else a
+/// private cluster the harness starts from the machine's PostgreSQL binaries (the
+/// embedded default of `gigafactory serve`, in the system temp directory; it keeps
+/// running for the next test run).
 pub fn server_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .or_else(|_| std::env::var("DATABASE_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("TEST_DATABASE_URL").or_else(|_| std::env::var("DATABASE_URL")) {
+            return url;
+        }
+        let local = std::net::SocketAddr::from(([127, 0, 0, 1], 5432));
+        if std::net::TcpStream::connect_timeout(&local, Duration::from_millis(300)).is_ok() {
+            return "postgres://postgres@127.0.0.1:5432/postgres".to_string();
+        }
+        std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let dir = std::env::temp_dir().join("gigafactory-test-postgres");
+                let pg = gigafactory_api::embedded::EmbeddedPostgres::start(&dir)
+                    .await
+                    .expect("no PostgreSQL reachable and none could be started: install PostgreSQL or set TEST_DATABASE_URL");
+                pg.url_for("postgres")
+            })
+        })
+        .join()
+        .expect("starting a private PostgreSQL")
+    })
+    .clone()
 }
 
 /// `url` with its database name replaced.
