@@ -16,6 +16,7 @@ pub mod error;
 pub mod flags;
 pub mod json;
 pub mod metrics;
+pub mod openapi;
 pub mod preemption;
 pub mod routes;
 pub mod scheduling;

@@ -80,6 +80,7 @@ pub async fn record_projection_lag(state: &AppState) -> Result<(), sqlx::Error> 
 }
 
 /// `GET /metrics`: Prometheus text.
+#[utoipa::path(get, path = "/metrics", tag = "process", responses((status = 200, description = "Prometheus text", body = String, content_type = "text/plain")))]
 pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError> {
     let rows = sqlx::query(
         "SELECT product_id, stage, count(*) AS n FROM job_view GROUP BY product_id, stage",

@@ -1,6 +1,9 @@
 //! Artifacts: upload (streamed, hashed and sized on the way, limited), list, download
 //! (streamed, with ETag = sha256 and Content-Length), delete.
 
+#[allow(unused_imports)]
+use crate::openapi::*;
+
 use super::jobs::{stream_of, visible_job};
 use super::params::{self, QueryMap};
 use crate::app::AppState;
@@ -29,6 +32,7 @@ fn artifact_json(id: Uuid, name: &str, sha256: &str, size: i64, content_type: &s
 
 /// `POST /fleet/jobs/:id/artifacts?name=&epoch=` (the lease holder with its epoch, or
 /// an operator without one), raw body → 201.
+#[utoipa::path(post, path = "/fleet/jobs/{job_id}/artifacts", tag = "artifacts", params(("job_id" = String, Path, description = "The job"), ("name" = String, Query), ("epoch" = Option<u64>, Query, description = "The lease epoch (factories)")), request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The bytes; Content-Type is kept"), responses((status = 201, description = "Stored", body = ArtifactView), (status = 409, description = "fenced or invalid_stage", body = ErrorBody), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody), (status = 413, description = "Too large", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn upload(
     State(state): State<AppState>,
     caller: Caller,
@@ -144,6 +148,7 @@ pub async fn upload(
 }
 
 /// `GET /fleet/jobs/:id/artifacts`.
+#[utoipa::path(get, path = "/fleet/jobs/{job_id}/artifacts", tag = "artifacts", params(("job_id" = String, Path, description = "The job")), responses((status = 200, description = "Its artifacts", body = ArtifactPage), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -168,6 +173,7 @@ pub async fn list(
 }
 
 /// `GET /fleet/jobs/:id/artifacts/:artifactId` → the bytes, streamed.
+#[utoipa::path(get, path = "/fleet/jobs/{job_id}/artifacts/{artifact_id}", tag = "artifacts", params(("job_id" = String, Path, description = "The job"), ("artifact_id" = String, Path)), responses((status = 200, description = "The bytes, with ETag = sha256", body = Vec<u8>, content_type = "application/octet-stream"), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn download(
     State(state): State<AppState>,
     caller: Caller,
@@ -210,6 +216,7 @@ pub async fn download(
 
 /// `DELETE /fleet/jobs/:id/artifacts/:artifactId` (operator) → 204: the event, then
 /// the bytes.
+#[utoipa::path(delete, path = "/fleet/jobs/{job_id}/artifacts/{artifact_id}", tag = "artifacts", params(("job_id" = String, Path, description = "The job"), ("artifact_id" = String, Path)), responses((status = 204, description = "Deleted, bytes removed"), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn delete(
     State(state): State<AppState>,
     Operator(scope): Operator,

@@ -1,5 +1,8 @@
 //! `GET /fleet/audit/verify` (auditor, operator, admin): the log's integrity.
 
+#[allow(unused_imports)]
+use crate::openapi::*;
+
 use super::params::QueryMap;
 use crate::app::AppState;
 use crate::auth::{Caller, Scope};
@@ -13,6 +16,7 @@ use serde_json::{json, Value};
 /// `?expect=<position>:<digest>` checks a noted prefix too. Callers scoped to some
 /// products see the problems of those products' events (and the counts, which reveal
 /// nothing); `*` callers see every problem.
+#[utoipa::path(get, path = "/fleet/audit/verify", tag = "audit", params(("expect" = Option<String>, Query, description = "position:digest")), responses((status = 200, description = "The verdict", body = Verified), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn verify(
     State(state): State<AppState>,
     caller: Caller,

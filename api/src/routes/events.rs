@@ -1,6 +1,9 @@
 //! `GET /fleet/events?after=&limit=`: the global log in position order, scoped to the
 //! caller's products (operator, auditor, admin).
 
+#[allow(unused_imports)]
+use crate::openapi::*;
+
 use super::params::{self, QueryMap};
 use crate::app::AppState;
 use crate::auth::Caller;
@@ -16,6 +19,7 @@ use tokio::time::Instant;
 /// How long a read waits for the sequencer to position events committed before it.
 const POSITION_WAIT: Duration = Duration::from_secs(2);
 
+#[utoipa::path(get, path = "/fleet/events", tag = "audit", params(("after" = Option<i64>, Query, description = "Position"), ("limit" = Option<i64>, Query)), responses((status = 200, description = "Events in position order", body = LogPage), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,

@@ -1,5 +1,8 @@
 //! Factories: enrollment, heartbeats, token rotation and revocation, the fleet map.
 
+#[allow(unused_imports)]
+use crate::openapi::*;
+
 use super::params::{self, QueryMap};
 use crate::app::AppState;
 use crate::auth::{generate_token, hash_token, Caller, FactoryCaller, Operator, Scope};
@@ -18,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Enroll {
     name: String,
@@ -34,6 +37,7 @@ fn one() -> u32 {
 }
 
 /// `POST /fleet/factories/enroll` (operator) → 201 `{factoryId, token}`.
+#[utoipa::path(post, path = "/fleet/factories/enroll", tag = "factories", request_body = Enroll, responses((status = 201, description = "The factory and its token, shown once", body = Enrolled), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn enroll(
     State(state): State<AppState>,
     Operator(scope): Operator,
@@ -73,7 +77,7 @@ pub async fn enroll(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Heartbeat {
     #[serde(default)]
@@ -85,6 +89,7 @@ const DIRECTIVE_WINDOW_SECS: i64 = 300;
 
 /// `POST /fleet/factories/heartbeat` (factory): liveness, and directives for jobs
 /// it still runs whose lease has ended (cancelled, expired, revoked…).
+#[utoipa::path(post, path = "/fleet/factories/heartbeat", tag = "factories", request_body = Heartbeat, responses((status = 200, description = "Directives and flags", body = HeartbeatAnswer), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn heartbeat(
     State(state): State<AppState>,
     FactoryCaller { factory_id, .. }: FactoryCaller,
@@ -145,6 +150,7 @@ async fn factory_for(
 
 /// `POST /fleet/factories/:id/token/rotate` → 200 `{token}`; the old token works
 /// until the new one is first used or 60 s pass.
+#[utoipa::path(post, path = "/fleet/factories/{factory_id}/token/rotate", tag = "factories", params(("factory_id" = String, Path, description = "The factory")), responses((status = 200, description = "The new token", body = Rotated), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn rotate(
     State(state): State<AppState>,
     caller: Caller,
@@ -167,6 +173,7 @@ pub async fn rotate(
 
 /// `POST /fleet/factories/:id/token/revoke` (operator) → 204; its tokens are refused
 /// at once and its leases go back to the queue.
+#[utoipa::path(post, path = "/fleet/factories/{factory_id}/token/revoke", tag = "factories", params(("factory_id" = String, Path, description = "The factory")), responses((status = 204, description = "Revoked; its leases go back to the queue"), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
@@ -206,6 +213,7 @@ async fn release_leases_of(state: &AppState, factory_id: FactoryId) -> Result<()
 }
 
 /// `GET /fleet/factories` (operator/auditor): the fleet map.
+#[utoipa::path(get, path = "/fleet/factories", tag = "factories", params(("limit" = Option<i64>, Query, description = "1–500, default 50"), ("cursor" = Option<String>, Query, description = "nextCursor of the previous page")), responses((status = 200, description = "The fleet map", body = FactoryPage), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,

@@ -1,6 +1,9 @@
 //! `GET/PUT /fleet/flags`: fleet-wide run-time flags (`*` tokens and the admin read;
 //! the admin changes them, as events every process follows).
 
+#[allow(unused_imports)]
+use crate::openapi::*;
+
 use crate::app::AppState;
 use crate::auth::{Admin, Caller, Scope};
 use crate::commands::{execute, into_api};
@@ -21,6 +24,7 @@ fn fleet_wide_reader(caller: &Caller) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(get, path = "/fleet/flags", tag = "scheduler", responses((status = 200, description = "The flags", body = FlagsView), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     fleet_wide_reader(&caller)?;
     let mut conn = state.pool.acquire().await?;
@@ -30,6 +34,7 @@ pub async fn get(State(state): State<AppState>, caller: Caller) -> Result<Json<V
 }
 
 /// `PUT /fleet/flags` `{"preemption"?: mode, "budgets"?: mode}` (admin) → 200 all flags.
+#[utoipa::path(put, path = "/fleet/flags", tag = "scheduler", request_body = FlagsPatch, responses((status = 200, description = "The flags", body = FlagsView), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn put(
     State(state): State<AppState>,
     _admin: Admin,

@@ -1,6 +1,9 @@
 //! Jobs: submit, list, detail, operator moves (ship, cancel, reprioritise), runs and
 //! the event timeline.
 
+#[allow(unused_imports)]
+use crate::openapi::*;
+
 use super::params::{self, QueryMap};
 use crate::app::AppState;
 use crate::auth::{Caller, Operator, Scope};
@@ -20,12 +23,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct Budget {
     usd: f64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SubmitJob {
     product_id: String,
@@ -34,7 +37,9 @@ pub struct SubmitJob {
     payload: Option<Value>,
     #[serde(default)]
     required_capabilities: Vec<String>,
+    /// critical | high | normal | low
     #[serde(default)]
+    #[schema(value_type = String)]
     priority: Priority,
     #[serde(default)]
     budget: Option<Budget>,
@@ -53,6 +58,7 @@ fn three() -> u32 {
 }
 
 /// `POST /fleet/jobs` (operator) → 201 the job.
+#[utoipa::path(post, path = "/fleet/jobs", tag = "jobs", request_body = SubmitJob, responses((status = 201, description = "The job", body = JobView), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn submit(
     State(state): State<AppState>,
     Operator(scope): Operator,
@@ -104,6 +110,7 @@ pub async fn submit(
 }
 
 /// `GET /fleet/jobs?productId=&stage=&priority=&limit=&cursor=` → newest first.
+#[utoipa::path(get, path = "/fleet/jobs", tag = "jobs", params(("productId" = Option<String>, Query), ("stage" = Option<String>, Query), ("priority" = Option<String>, Query), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)), responses((status = 200, description = "Jobs, newest first", body = JobPage), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -191,6 +198,7 @@ pub fn stream_of(job: &Job) -> String {
 
 /// `GET /fleet/jobs/:id`; `?asOf=<version>`: the job as it was at that version,
 /// built from its events (not from the read model).
+#[utoipa::path(get, path = "/fleet/jobs/{job_id}", tag = "jobs", params(("job_id" = String, Path, description = "The job"), ("asOf" = Option<i64>, Query, description = "The job as it was at this version")), responses((status = 200, description = "The job", body = JobView), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -214,11 +222,14 @@ pub async fn get(
     Ok(Json(views::job(&then)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct PatchJob {
+    /// shipped | cancelled
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     stage: Option<Stage>,
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     priority: Option<Priority>,
     #[serde(default)]
     reason: Option<String>,
@@ -226,6 +237,7 @@ pub struct PatchJob {
 
 /// `PATCH /fleet/jobs/:id` (operator): `{"stage": "shipped"|"cancelled"}` or
 /// `{"priority": ..}` → 200 the job.
+#[utoipa::path(patch, path = "/fleet/jobs/{job_id}", tag = "jobs", params(("job_id" = String, Path, description = "The job")), request_body = PatchJob, responses((status = 200, description = "The job", body = JobView), (status = 409, description = "fenced or invalid_stage", body = ErrorBody), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn patch(
     State(state): State<AppState>,
     Operator(scope): Operator,
@@ -270,6 +282,7 @@ pub async fn patch(
 }
 
 /// `GET /fleet/jobs/:id/runs`.
+#[utoipa::path(get, path = "/fleet/jobs/{job_id}/runs", tag = "jobs", params(("job_id" = String, Path, description = "The job")), responses((status = 200, description = "Its runs", body = RunPage), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn runs(
     State(state): State<AppState>,
     caller: Caller,
@@ -286,6 +299,7 @@ pub async fn runs(
 }
 
 /// `GET /fleet/jobs/:id/events?cursor=&limit=` → the job's events, oldest first.
+#[utoipa::path(get, path = "/fleet/jobs/{job_id}/events", tag = "jobs", params(("job_id" = String, Path, description = "The job"), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)), responses((status = 200, description = "Its events, oldest first", body = TimelinePage), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn events(
     State(state): State<AppState>,
     caller: Caller,

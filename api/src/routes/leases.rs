@@ -1,5 +1,8 @@
 //! Factory calls: claim (with long poll), renew, release, report.
 
+#[allow(unused_imports)]
+use crate::openapi::*;
+
 use super::jobs::{stream_of, visible_job};
 use crate::app::AppState;
 use crate::auth::{FactoryCaller, Scope};
@@ -24,12 +27,13 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::time::Instant;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Claim {
     #[serde(default)]
     product_ids: Option<Vec<String>>,
     #[serde(default)]
+    #[schema(value_type = Option<std::collections::BTreeMap<String, f64>>)]
     weights: Option<serde_json::Map<String, Value>>,
     #[serde(default)]
     wait_ms: u64,
@@ -44,6 +48,7 @@ const RECHECK: Duration = Duration::from_millis(500);
 
 /// `POST /fleet/claim` → 200 `{job, lease, runId, breakdown}` or 204. While waiting
 /// (`waitMs`) it holds no database connection; commits anywhere wake it.
+#[utoipa::path(post, path = "/fleet/claim", tag = "leases", request_body = Claim, responses((status = 200, description = "A lease", body = Claimed), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody), (status = 204, description = "Nothing claimable now")), security(("bearer" = [])))]
 pub async fn claim(
     State(state): State<AppState>,
     FactoryCaller { factory_id, .. }: FactoryCaller,
@@ -120,7 +125,7 @@ async fn factory_job(
     Ok((caller.factory_id, job))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Renew {
     epoch: u64,
@@ -129,6 +134,7 @@ pub struct Renew {
 }
 
 /// `POST /fleet/jobs/:id/lease/renew` → 200 `{expiresAt, epoch}`.
+#[utoipa::path(post, path = "/fleet/jobs/{job_id}/lease/renew", tag = "leases", params(("job_id" = String, Path, description = "The job")), request_body = Renew, responses((status = 200, description = "The new expiry", body = Renewed), (status = 409, description = "fenced or invalid_stage", body = ErrorBody), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn renew(
     State(state): State<AppState>,
     caller: FactoryCaller,
@@ -154,7 +160,7 @@ pub async fn renew(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct Release {
     epoch: u64,
     #[serde(default)]
@@ -162,6 +168,7 @@ pub struct Release {
 }
 
 /// `POST /fleet/jobs/:id/lease/release` → 200 the job (queued again).
+#[utoipa::path(post, path = "/fleet/jobs/{job_id}/lease/release", tag = "leases", params(("job_id" = String, Path, description = "The job")), request_body = Release, responses((status = 200, description = "The job, queued again", body = JobView), (status = 409, description = "fenced or invalid_stage", body = ErrorBody), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn release(
     State(state): State<AppState>,
     caller: FactoryCaller,
@@ -182,10 +189,12 @@ pub async fn release(
     Ok(Json(views::job(&done.aggregate)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReportBody {
     epoch: u64,
+    /// running | succeeded | failed
+    #[schema(value_type = String)]
     status: ReportStatus,
     #[serde(default)]
     progress: Option<f64>,
@@ -199,6 +208,7 @@ pub struct ReportBody {
 
 /// `POST /fleet/jobs/:id/report` → 200 the job. Re-sending the report that ended the
 /// run answers 200 and appends nothing.
+#[utoipa::path(post, path = "/fleet/jobs/{job_id}/report", tag = "leases", params(("job_id" = String, Path, description = "The job")), request_body = ReportBody, responses((status = 200, description = "The job", body = JobView), (status = 409, description = "fenced or invalid_stage", body = ErrorBody), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn report(
     State(state): State<AppState>,
     caller: FactoryCaller,

@@ -17,45 +17,50 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
-use axum::routing::{delete, get, post};
 use axum::Router;
+use std::sync::Arc;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+/// The router and the OpenAPI document, built from one list of routes.
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/fleet/tokens", post(tokens::issue))
-        .route("/fleet/tokens/{token_id}", delete(tokens::revoke))
-        .route("/fleet/factories", get(factories::list))
-        .route("/fleet/factories/enroll", post(factories::enroll))
-        .route("/fleet/factories/heartbeat", post(factories::heartbeat))
-        .route("/fleet/factories/{factory_id}/token/rotate", post(factories::rotate))
-        .route("/fleet/factories/{factory_id}/token/revoke", post(factories::revoke))
-        .route("/fleet/jobs", post(jobs::submit).get(jobs::list))
-        .route("/fleet/jobs/{job_id}", get(jobs::get).patch(jobs::patch))
-        .route("/fleet/jobs/{job_id}/runs", get(jobs::runs))
-        .route("/fleet/jobs/{job_id}/events", get(jobs::events))
-        .route("/fleet/jobs/{job_id}/lease/renew", post(leases::renew))
-        .route("/fleet/jobs/{job_id}/lease/release", post(leases::release))
-        .route("/fleet/jobs/{job_id}/report", post(leases::report))
-        .route("/fleet/claim", post(leases::claim))
-        .route("/fleet/jobs/{job_id}/artifacts", post(artifacts::upload).get(artifacts::list))
-        .route(
-            "/fleet/jobs/{job_id}/artifacts/{artifact_id}",
-            get(artifacts::download).delete(artifacts::delete),
-        )
-        .route("/fleet/events", get(events::list))
-        .route("/fleet/weights/{product_id}", get(scheduler::get_weights).put(scheduler::put_weights))
-        .route("/fleet/explain", get(scheduler::explain))
-        .route("/fleet/flags", get(flags::get).put(flags::put))
-        .route("/fleet/audit/verify", get(audit::verify))
-        .route("/fleet/stream", get(stream::stream))
-        .route("/metrics", get(crate::metrics::render))
-        .route_layer(axum::middleware::from_fn(crate::metrics::track))
+    let (api, doc) = OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(crate::metrics::render))
+        .routes(routes!(openapi_json))
+        .routes(routes!(tokens::issue))
+        .routes(routes!(tokens::revoke))
+        .routes(routes!(factories::list))
+        .routes(routes!(factories::enroll))
+        .routes(routes!(factories::heartbeat))
+        .routes(routes!(factories::rotate))
+        .routes(routes!(factories::revoke))
+        .routes(routes!(jobs::submit, jobs::list))
+        .routes(routes!(jobs::get, jobs::patch))
+        .routes(routes!(jobs::runs))
+        .routes(routes!(jobs::events))
+        .routes(routes!(leases::renew))
+        .routes(routes!(leases::release))
+        .routes(routes!(leases::report))
+        .routes(routes!(leases::claim))
+        .routes(routes!(artifacts::upload, artifacts::list))
+        .routes(routes!(artifacts::download, artifacts::delete))
+        .routes(routes!(events::list))
+        .routes(routes!(scheduler::get_weights, scheduler::put_weights))
+        .routes(routes!(scheduler::explain))
+        .routes(routes!(flags::get, flags::put))
+        .routes(routes!(audit::verify))
+        .routes(routes!(stream::stream))
+        .split_for_parts();
+    let doc = Arc::new(doc);
+    api.route_layer(axum::middleware::from_fn(crate::metrics::track))
         .fallback(|| async { ApiError::NotFound("route") })
+        .layer(axum::Extension(doc))
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
@@ -68,4 +73,12 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+/// `GET /openapi.json`: this document.
+#[utoipa::path(get, path = "/openapi.json", tag = "process", responses((status = 200, description = "The OpenAPI 3 document of every route", body = Object)))]
+async fn openapi_json(
+    axum::Extension(doc): axum::Extension<Arc<utoipa::openapi::OpenApi>>,
+) -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json((*doc).clone())
 }

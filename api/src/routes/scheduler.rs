@@ -1,5 +1,8 @@
 //! The scheduler's surface: per-product weights and the explain view.
 
+#[allow(unused_imports)]
+use crate::openapi::*;
+
 use super::params::{self, QueryMap};
 use crate::app::AppState;
 use crate::auth::{Caller, Operator};
@@ -38,6 +41,7 @@ fn weights_body(product: &ProductId, overrides: Option<&WeightOverrides>) -> Val
 }
 
 /// `GET /fleet/weights/:productId` → the effective weights and where they come from.
+#[utoipa::path(get, path = "/fleet/weights/{product_id}", tag = "scheduler", params(("product_id" = String, Path)), responses((status = 200, description = "The effective weights", body = WeightsView), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_weights(
     State(state): State<AppState>,
     caller: Caller,
@@ -52,13 +56,15 @@ pub async fn get_weights(
     )))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct PutWeights {
+    #[schema(value_type = std::collections::BTreeMap<String, f64>)]
     weights: Map<String, Value>,
 }
 
 /// `PUT /fleet/weights/:productId` `{"weights": {..}}` (operator): the product's
 /// override, stored as an event. `{}` goes back to the defaults.
+#[utoipa::path(put, path = "/fleet/weights/{product_id}", tag = "scheduler", params(("product_id" = String, Path)), request_body = PutWeights, responses((status = 200, description = "The effective weights", body = WeightsView), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn put_weights(
     State(state): State<AppState>,
     Operator(scope): Operator,
@@ -86,6 +92,7 @@ pub async fn put_weights(
 
 /// `GET /fleet/explain?factoryId=&limit=` (operator/auditor): how that factory would
 /// rank the queue now, best first, with each breakdown. Only the caller's products.
+#[utoipa::path(get, path = "/fleet/explain", tag = "scheduler", params(("factoryId" = String, Query), ("limit" = Option<i64>, Query)), responses((status = 200, description = "The ranking, best first", body = Explained), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn explain(
     State(state): State<AppState>,
     caller: Caller,

@@ -7,6 +7,9 @@
 //! slow to keep up gets an `event: resync` message and is closed rather than buffered
 //! without bound. SIGTERM closes every stream.
 
+#[allow(unused_imports)]
+use crate::openapi::*;
+
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -25,6 +28,7 @@ use tokio::sync::mpsc;
 /// A subscriber looks at the log at least this often, woken or not.
 const RECHECK: Duration = Duration::from_secs(1);
 
+#[utoipa::path(get, path = "/fleet/stream", tag = "audit", params(("Last-Event-ID" = Option<i64>, Header, description = "Resume after this position")), responses((status = 200, description = "Server-sent events: id = position, event = type, data = the event", content_type = "text/event-stream", body = String), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn stream(
     State(state): State<AppState>,
     caller: Caller,

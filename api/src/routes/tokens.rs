@@ -1,5 +1,8 @@
 //! Operator and auditor tokens (admin only).
 
+#[allow(unused_imports)]
+use crate::openapi::*;
+
 use super::params;
 use crate::app::AppState;
 use crate::auth::{generate_token, hash_token, Admin, Caller};
@@ -15,14 +18,17 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct IssueToken {
+    /// operator | auditor
+    #[schema(value_type = String)]
     role: Role,
     products: Vec<String>,
     name: String,
 }
 
 /// `POST /fleet/tokens` → 201 `{tokenId, token}`; the token is shown only here.
+#[utoipa::path(post, path = "/fleet/tokens", tag = "tokens", request_body = IssueToken, responses((status = 201, description = "The token, shown once", body = TokenIssued), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn issue(
     State(state): State<AppState>,
     _admin: Admin,
@@ -53,6 +59,7 @@ pub async fn issue(
 }
 
 /// `DELETE /fleet/tokens/:tokenId` → 204; the token is refused at once.
+#[utoipa::path(delete, path = "/fleet/tokens/{token_id}", tag = "tokens", params(("token_id" = String, Path, description = "The token id")), responses((status = 204, description = "Revoked"), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn revoke(
     State(state): State<AppState>,
     caller: Caller,

@@ -7,6 +7,7 @@ mod bad_input;
 mod claims;
 mod leases;
 mod lifecycle;
+mod openapi;
 mod platform;
 mod preemption;
 mod process;
