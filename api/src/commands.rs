@@ -68,7 +68,9 @@ pub struct Clock {
 impl Clock {
     /// Reads the clock in the caller's transaction.
     pub async fn now(&self, conn: &mut PgConnection) -> Result<DateTime<Utc>, sqlx::Error> {
-        sqlx::query_scalar("SELECT now() + $1 * interval '1 millisecond'")
+        // clock_timestamp(), not now(): a command that waited for its stream's lock
+        // must not judge a lease by the time its transaction began.
+        sqlx::query_scalar("SELECT clock_timestamp() + $1 * interval '1 millisecond'")
             .bind(self.offset_ms.load(Ordering::Relaxed) as f64)
             .fetch_one(conn)
             .await
@@ -106,12 +108,7 @@ where
 {
     let lock_key = format!("{}/{}", A::TYPE, aggregate_id);
     match lock {
-        StreamLock::Wait => {
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-                .bind(&lock_key)
-                .execute(&mut *conn)
-                .await?;
-        }
+        StreamLock::Wait => lock_stream::<A>(conn, aggregate_id).await?,
         StreamLock::Try => {
             let got: bool =
                 sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
@@ -167,6 +164,19 @@ where
     })
 }
 
+/// Waits for the writer lock of `A`'s stream `aggregate_id` (held until the
+/// transaction ends).
+async fn lock_stream<A: Aggregate>(
+    conn: &mut PgConnection,
+    aggregate_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("{}/{}", A::TYPE, aggregate_id))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Runs `make(now)` on aggregate `aggregate_id` in its own transaction, retrying on
 /// conflicts with a short random pause.
 pub async fn execute<A, F>(
@@ -180,6 +190,9 @@ where
 {
     for attempt in 0..MAX_CONFLICT_RETRIES {
         let mut tx = state.pool.begin().await?;
+        // Take the stream's lock first, then read the clock (decide_in's own lock on
+        // the same key is then immediate).
+        lock_stream::<A>(&mut tx, aggregate_id).await?;
         let now = state.clock.now(&mut tx).await?;
         match decide_in::<A>(&mut tx, aggregate_id, make(now), StreamLock::Wait).await {
             Ok(done) => {

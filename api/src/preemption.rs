@@ -133,6 +133,8 @@ pub async fn preemption_round(state: &AppState) -> Result<usize, anyhow::Error> 
                         &victim_stream,
                         JobCommand::PreemptLease {
                             for_job: decision.for_job,
+                            for_priority: critical.priority,
+                            holder: decision.factory_id,
                             reason: decision.reason.clone(),
                             now,
                         },

@@ -47,7 +47,7 @@ pub async fn read_for_audit(
 ) -> Result<Vec<AuditEvent>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT position, product_id, aggregate_type, aggregate_id, sequence, event_type, event_version,
-                payload::jsonb AS payload, metadata::jsonb AS metadata, recorded_at, hash,
+                payload::text AS payload, metadata::text AS metadata, recorded_at, hash,
                 gf_event_canonical(aggregate_type, aggregate_id, sequence, event_type, event_version,
                                    payload, metadata) AS canonical
          FROM events
@@ -69,8 +69,10 @@ pub async fn read_for_audit(
             sequence: r.get("sequence"),
             event_type: r.get("event_type"),
             event_version: r.get("event_version"),
-            payload: r.get("payload"),
-            metadata: r.get("metadata"),
+            // Parsed from the stored text, as the canonical bytes hold it (a jsonb round
+            // trip could change how a number is written).
+            payload: serde_json::from_str(r.get::<&str, _>("payload")).unwrap_or(Value::Null),
+            metadata: serde_json::from_str(r.get::<&str, _>("metadata")).unwrap_or(Value::Null),
             recorded_at: r.get("recorded_at"),
             hash: r.get("hash"),
             canonical: r.get("canonical"),

@@ -80,7 +80,7 @@ impl Projection {
 }
 
 /// Lock key for "one projector at a time".
-const PROJECTOR_LOCK: i64 = 0x6766_7072_6f6a; // "gfproj"
+pub const PROJECTOR_LOCK: i64 = 0x6766_7072_6f6a; // "gfproj"
 
 /// Applies up to `batch` events past the lowest checkpoint. Returns how many events
 /// were read (0: caught up), or `None` when another process holds the projector lock.

@@ -72,6 +72,15 @@ pub async fn rebuild_into(
         .execute(&mut *conn)
         .await?;
     }
+    // How far the rebuild got (the swap goes on from there).
+    sqlx::query(&format!(
+        "CREATE TABLE {schema}.gf_replay_mark (value bigint NOT NULL)"
+    ))
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(&format!("INSERT INTO {schema}.gf_replay_mark VALUES (0)"))
+        .execute(&mut *conn)
+        .await?;
     let head: i64 = sqlx::query_scalar("SELECT last_position FROM event_log_head")
         .fetch_one(&mut *conn)
         .await?;
@@ -92,6 +101,10 @@ pub async fn rebuild_into(
                 p.apply(&mut tx, e).await?;
             }
         }
+        sqlx::query(&format!("UPDATE {schema}.gf_replay_mark SET value = $1"))
+            .bind(last)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         after = last;
         applied += events.len() as u64;
@@ -153,10 +166,39 @@ pub async fn compare(pool: &PgPool, schema: &str) -> Result<Vec<Difference>, Pro
 
 /// Replaces the live read models with the rebuilt ones in one transaction (queries
 /// wait for the moment of the swap, they never see a half state), then drops the old.
+/// Holding the projector's lock, it first applies to the rebuilt tables whatever was
+/// positioned since the rebuild, so the checkpoints it sets skip nothing.
 pub async fn swap(pool: &PgPool, schema: &str) -> Result<(), ProjectionError> {
     check_schema_name(schema)?;
     let old = format!("{schema}_old");
     let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(crate::projector::PROJECTOR_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
+        .execute(&mut *tx)
+        .await?;
+    let mut after: i64 = sqlx::query_scalar(&format!(
+        "SELECT coalesce((SELECT value FROM {schema}.gf_replay_mark), 0)"
+    ))
+    .fetch_one(&mut *tx)
+    .await?;
+    loop {
+        let events = read_after(&mut tx, after, 1000, None).await?;
+        let Some(last) = events.last().and_then(|e| e.position) else {
+            break;
+        };
+        for e in &events {
+            for p in PROJECTIONS {
+                p.apply(&mut tx, e).await?;
+            }
+        }
+        after = last;
+    }
+    sqlx::query("SET LOCAL search_path TO public")
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(&format!("DROP SCHEMA IF EXISTS {old} CASCADE"))
         .execute(&mut *tx)
         .await?;

@@ -26,7 +26,11 @@ pub async fn list(
     Query(q): Query<QueryMap>,
 ) -> Result<Json<Value>, ApiError> {
     let scope = caller.require_reader()?;
-    let after = params::non_negative(&q, "after")?;
+    // `cursor` (the lists' convention, given back as nextCursor) and `after` are the same.
+    let after = match q.get("cursor") {
+        Some(_) => params::non_negative(&q, "cursor")?,
+        None => params::non_negative(&q, "after")?,
+    };
     let limit = params::limit(&q)?;
     read_your_writes(&state).await?;
     let filter = scope.as_filter();

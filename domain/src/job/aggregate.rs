@@ -38,6 +38,8 @@ pub struct Nomination {
 pub struct EndedRun {
     pub epoch: u64,
     pub outcome: RunOutcome,
+    /// The factory that held the lease (only it may re-send its final report).
+    pub factory_id: Option<FactoryId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -229,16 +231,25 @@ impl Job {
             },
             PreemptLease {
                 for_job,
+                for_priority,
+                holder,
                 reason,
                 now,
             } => match &self.lease {
-                Some(l) => Ok(vec![JobEvent::LeasePreempted {
-                    epoch: l.epoch,
-                    run_id: l.run_id,
-                    for_job,
-                    reason,
-                    at: now,
-                }]),
+                Some(l)
+                    if l.factory_id == holder && self.priority().rank() > for_priority.rank() =>
+                {
+                    Ok(vec![JobEvent::LeasePreempted {
+                        epoch: l.epoch,
+                        run_id: l.run_id,
+                        for_job,
+                        reason,
+                        at: now,
+                    }])
+                }
+                Some(_) => Err(self.invalid_stage(
+                    "the lease or the priority changed since the preemption was decided",
+                )),
                 None => {
                     Err(self.invalid_stage(format!("job is {}: no lease to preempt", self.stage)))
                 }
@@ -251,6 +262,9 @@ impl Job {
             } => {
                 if self.stage != Stage::Queued {
                     return Err(self.invalid_stage(format!("job is {}, not queued", self.stage)));
+                }
+                if self.nomination.as_ref().is_some_and(|n| n.until > now) {
+                    return Err(self.invalid_stage("a slot is already reserved for this job"));
                 }
                 Ok(vec![JobEvent::JobNominated {
                     factory_id,
@@ -398,9 +412,9 @@ impl Job {
     ) -> Result<Vec<JobEvent>, JobError> {
         // A re-sent final report (same epoch, same status) changes nothing.
         let ended_same = |outcome| {
-            self.ended_runs
-                .iter()
-                .any(|r| r.epoch == epoch && r.outcome == outcome)
+            self.ended_runs.iter().any(|r| {
+                r.epoch == epoch && r.outcome == outcome && r.factory_id == Some(factory_id)
+            })
         };
         match status {
             ReportStatus::Succeeded if ended_same(RunOutcome::Succeeded) => return Ok(vec![]),
@@ -469,6 +483,7 @@ impl Job {
             self.ended_runs.push(EndedRun {
                 epoch: l.epoch,
                 outcome,
+                factory_id: Some(l.factory_id),
             });
         }
     }

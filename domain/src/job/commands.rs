@@ -124,13 +124,18 @@ pub enum JobCommand {
     },
     /// The coordinator evicts this job's lease for a critical job (no attempt used;
     /// the checkpoint is kept; the job is queued again at once).
+    /// Refused unless the lease is still held by `holder` and this job's priority is
+    /// strictly lower than `for_priority` (the decision may be stale by now).
     PreemptLease {
         for_job: JobId,
+        for_priority: Priority,
+        holder: FactoryId,
         reason: String,
         now: Timestamp,
     },
     /// Reserve a freed slot of `factory_id` for this (critical, queued) job until
     /// `until`: other factories cannot take it and that factory takes nothing else.
+    /// Refused while an earlier reservation is live (one eviction per critical job).
     Nominate {
         factory_id: FactoryId,
         victim: JobId,

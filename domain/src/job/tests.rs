@@ -440,6 +440,8 @@ async fn preemption_ends_the_lease_without_using_an_attempt_and_keeps_the_checkp
         ])
         .when_async(JobCommand::PreemptLease {
             for_job: victim_for,
+            for_priority: Priority::Critical,
+            holder: FACTORY,
             reason: "r".into(),
             now: t(3),
         })
@@ -507,4 +509,28 @@ async fn shadow_preemption_is_recorded_once_per_victim() {
         })
         .await
         .then_expect_events(vec![]);
+}
+
+#[tokio::test]
+async fn a_stale_preemption_decision_is_refused() {
+    let given = vec![submitted(3), granted(2, 1)];
+    // Another holder by now, or a priority no longer strictly lower.
+    for (holder, for_priority) in [
+        (FactoryId(Uuid::from_u128(4242)), Priority::Critical),
+        (FACTORY, Priority::Normal),
+    ] {
+        let err = JobTest::with(())
+            .given(given.clone())
+            .when_async(JobCommand::PreemptLease {
+                for_job: JobId(Uuid::from_u128(1)),
+                for_priority,
+                holder,
+                reason: "r".into(),
+                now: t(3),
+            })
+            .await
+            .inspect_result()
+            .unwrap_err();
+        assert!(matches!(err, JobError::InvalidStage { .. }));
+    }
 }
