@@ -11,13 +11,14 @@
 use crate::openapi::*;
 
 use crate::app::AppState;
-use crate::auth::Caller;
+use crate::auth::{hash_token, Caller};
 use crate::error::ApiError;
 use crate::views;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::stream::{self, Stream};
+use gigafactory_projections::credentials::find_valid;
 use gigafactory_projections::log::read_after;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,7 +54,24 @@ pub async fn stream(
     };
     let (tx, rx) = mpsc::channel::<Event>(state.settings.sse_buffer.max(1));
     let overflowed = Arc::new(AtomicBool::new(false));
-    tokio::spawn(produce(state.clone(), scope, start, tx, overflowed.clone()));
+    // The token is checked again at every wake-up: a revoked or rotated-out token's
+    // stream ends at once (the admin token cannot be revoked while the server runs).
+    let recheck = match caller {
+        Caller::Admin => None,
+        _ => headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| hash_token(t.trim())),
+    };
+    tokio::spawn(produce(
+        state.clone(),
+        scope,
+        start,
+        recheck,
+        tx,
+        overflowed.clone(),
+    ));
     metrics::gauge!("gigafactory_sse_subscribers").increment(1.0);
     let guard = Subscriber;
     let events = stream::unfold(
@@ -91,10 +109,23 @@ async fn produce(
     state: AppState,
     scope: Option<Vec<String>>,
     mut position: i64,
+    token_hash: Option<String>,
     tx: mpsc::Sender<Event>,
     overflowed: Arc<AtomicBool>,
 ) {
     loop {
+        if let Some(hash) = &token_hash {
+            let valid = match state.pool.acquire().await {
+                Ok(mut conn) => find_valid(&mut conn, hash)
+                    .await
+                    .map(|c| c.is_some())
+                    .unwrap_or(true),
+                Err(_) => true,
+            };
+            if !valid {
+                return;
+            }
+        }
         // Register before reading, so a round finishing in between is not missed.
         let woken = state.positioned.notified();
         tokio::pin!(woken);

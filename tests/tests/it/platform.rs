@@ -305,3 +305,48 @@ async fn a_subscriber_that_falls_behind_gets_resync_and_is_closed() {
         "it was not buffered without bound ({delivered} delivered)"
     );
 }
+
+#[tokio::test]
+async fn a_revoked_token_s_stream_ends() {
+    let app = spawn_app().await;
+    let issued = app
+        .post(
+            "/fleet/tokens",
+            &app.admin_token,
+            json!({"role": "auditor", "products": ["p1"], "name": "a"}),
+        )
+        .await;
+    let token = issued.body["token"].as_str().unwrap().to_string();
+    let token_id = issued.body["tokenId"].as_str().unwrap().to_string();
+    let op = app.operator(&["p1"]).await;
+    app.settle().await;
+    let res = app
+        .http
+        .get(format!("{}/fleet/stream", app.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let reading = tokio::spawn(async move { res.text().await });
+    assert_eq!(
+        app.delete(&format!("/fleet/tokens/{token_id}"), &app.admin_token)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    app.submit(
+        &op,
+        json!({"productId": "p1", "title": "after the revocation"}),
+    )
+    .await;
+    let body = tokio::time::timeout(Duration::from_secs(10), reading)
+        .await
+        .expect("the stream ended")
+        .unwrap()
+        .unwrap_or_default();
+    assert!(
+        !body.contains("after the revocation"),
+        "nothing is delivered after the revocation"
+    );
+}
