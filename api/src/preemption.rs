@@ -51,17 +51,18 @@ pub async fn preemption_round(state: &AppState) -> Result<usize, anyhow::Error> 
                 checkpoint_factory: r.affinity_factory_id.map(FactoryId),
             })
             .collect();
-        let fleet: Vec<FleetFactory> = factories::fleet_load(&mut conn, now)
-            .await?
-            .into_iter()
-            .map(|f| FleetFactory {
-                factory_id: FactoryId(f.factory_id),
-                product_ids: f.product_ids.into_iter().map(ProductId).collect(),
-                capabilities: f.capabilities,
-                capacity: f.capacity.max(0) as u32,
-                load: f.load.max(0) as u32,
-            })
-            .collect();
+        let fleet: Vec<FleetFactory> =
+            factories::fleet_load(&mut conn, now, state.settings.offline_after_secs)
+                .await?
+                .into_iter()
+                .map(|f| FleetFactory {
+                    factory_id: FactoryId(f.factory_id),
+                    product_ids: f.product_ids.into_iter().map(ProductId).collect(),
+                    capabilities: f.capabilities,
+                    capacity: f.capacity.max(0) as u32,
+                    load: f.load.max(0) as u32,
+                })
+                .collect();
         let running: Vec<RunningJob> = jobs::running(&mut conn, now)
             .await?
             .into_iter()

@@ -160,18 +160,23 @@ pub struct LoadRow {
     pub load: i64,
 }
 
+/// Only factories heard from within `offline_after_secs` count: an offline factory's
+/// free slots are not slots anyone can use.
 pub async fn fleet_load(
     conn: &mut PgConnection,
     now: DateTime<Utc>,
+    offline_after_secs: f64,
 ) -> Result<Vec<LoadRow>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT f.factory_id, f.product_ids, f.capabilities, f.capacity,
                 (SELECT count(*) FROM job_view j WHERE j.lease_factory_id = f.factory_id AND j.lease_expires_at > $1)
               + (SELECT count(*) FROM job_view j WHERE j.nominated_factory_id = f.factory_id
                    AND j.nominated_until > $1 AND j.stage = 'queued') AS load
-         FROM factory_view f WHERE f.status = 'active'",
+         FROM factory_view f JOIN factory_liveness l USING (factory_id)
+         WHERE f.status = 'active' AND l.last_heartbeat_at > now() - make_interval(secs => $2)",
     )
     .bind(now)
+    .bind(offline_after_secs)
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows

@@ -22,6 +22,7 @@ struct Scene {
 async fn scene(app: &TestApp, running_priority: &str) -> Scene {
     let op = app.operator(&["p1"]).await;
     let (_, ft) = app.enroll(&op, &["p1"], &[], 1).await;
+    heartbeat(app, &ft).await;
     let low = app
         .submit(
             &op,
@@ -55,6 +56,17 @@ async fn scene(app: &TestApp, running_priority: &str) -> Scene {
         low_epoch,
         critical,
     }
+}
+
+async fn heartbeat(app: &TestApp, factory: &str) {
+    let r = app
+        .post(
+            "/fleet/factories/heartbeat",
+            factory,
+            json!({"runningJobIds": []}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
 }
 
 async fn set_flag(app: &TestApp, mode: &str) {
@@ -367,6 +379,7 @@ async fn shadow_records_what_on_would_do_one_victim_per_critical_job() {
     let op = app.operator(&["p1"]).await;
     for _ in 0..3 {
         let (_, ft) = app.enroll(&op, &["p1"], &[], 1).await;
+        heartbeat(&app, &ft).await;
         app.submit(
             &op,
             json!({"productId": "p1", "title": "low", "priority": "low"}),
@@ -386,4 +399,21 @@ async fn shadow_records_what_on_would_do_one_victim_per_critical_job() {
         "one critical job, one eviction"
     );
     assert_eq!(count(&app, "LeasePreempted").await, 0);
+}
+
+#[tokio::test]
+async fn an_offline_factory_s_free_slot_does_not_stop_a_preemption() {
+    let app = spawn_app().await;
+    set_flag(&app, "on").await;
+    let op = app.operator(&["p1"]).await;
+    // Enrolled, free, but never heard from: offline.
+    let (_, silent) = app.enroll(&op, &["p1"], &[], 1).await;
+    let s = scene(&app, "low").await;
+    assert_eq!(
+        app.get(&format!("/fleet/jobs/{}", s.low), &s.op).await.body["stage"],
+        "queued",
+        "preempted anyway"
+    );
+    assert_eq!(count(&app, "LeasePreempted").await, 1);
+    let _ = silent;
 }
