@@ -42,14 +42,7 @@ pub async fn preemption_round(state: &AppState) -> Result<usize, anyhow::Error> 
         }
         let candidates: Vec<JobCandidate> = waiting
             .into_iter()
-            .map(|r| JobCandidate {
-                job_id: JobId(r.job_id),
-                product_id: ProductId(r.product_id),
-                priority: r.priority.parse().unwrap_or_default(),
-                created_at: r.created_at,
-                required_capabilities: r.required_capabilities,
-                checkpoint_factory: r.affinity_factory_id.map(FactoryId),
-            })
+            .map(crate::scheduling::candidate)
             .collect();
         let fleet: Vec<FleetFactory> =
             factories::fleet_load(&mut conn, now, state.settings.offline_after_secs)

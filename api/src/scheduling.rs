@@ -64,17 +64,7 @@ pub async fn rank_for_factory(
         .collect();
     let weights = weights_for(conn, products, request).await?;
     let defaults = Weights::defaults();
-    let candidates: Vec<JobCandidate> = rows
-        .into_iter()
-        .map(|r| JobCandidate {
-            job_id: JobId(r.job_id),
-            product_id: ProductId(r.product_id),
-            priority: r.priority.parse().unwrap_or_default(),
-            created_at: r.created_at,
-            required_capabilities: r.required_capabilities,
-            checkpoint_factory: r.affinity_factory_id.map(FactoryId),
-        })
-        .collect();
+    let candidates: Vec<JobCandidate> = rows.into_iter().map(candidate).collect();
     let factory = FactoryProfile {
         factory_id,
         capabilities: capabilities.to_vec(),
@@ -93,6 +83,18 @@ pub async fn rank_for_factory(
             breakdown: r.breakdown,
         })
         .collect())
+}
+
+/// A queue row as the scheduler sees it.
+pub fn candidate(r: jobs::CandidateRow) -> JobCandidate {
+    JobCandidate {
+        job_id: JobId(r.job_id),
+        product_id: ProductId(r.product_id),
+        priority: r.priority.parse().unwrap_or_default(),
+        created_at: r.created_at,
+        required_capabilities: r.required_capabilities,
+        checkpoint_factory: r.affinity_factory_id.map(FactoryId),
+    }
 }
 
 /// A ranked candidate, owned (the claim's and explain's sets are small).
