@@ -25,7 +25,8 @@ fn candidates(n: usize) -> Vec<JobCandidate> {
         .collect()
 }
 
-fn bench(c: &mut Criterion) {
+/// The factory, context and weights every measurement uses.
+fn fixture() -> (FactoryProfile, SchedulingContext, Weights) {
     let factory = FactoryProfile {
         factory_id: FactoryId(Uuid::from_u128(1)),
         capabilities: vec!["rust".into(), "gpu".into()],
@@ -36,7 +37,11 @@ fn bench(c: &mut Criterion) {
             .map(|p| (ProductId(format!("p{p}")), p as u32))
             .collect::<BTreeMap<_, _>>(),
     };
-    let weights = Weights::defaults();
+    (factory, ctx, Weights::defaults())
+}
+
+fn bench(c: &mut Criterion) {
+    let (factory, ctx, weights) = fixture();
     let jobs = candidates(10_000);
     c.bench_function("rank 10k candidates", |b| {
         b.iter(|| rank(&jobs, &factory, &ctx, |_| &weights).len())
@@ -48,17 +53,7 @@ criterion_main!(benches, phase_benches);
 
 fn phases(c: &mut Criterion) {
     use gigafactory_domain::scheduler::score;
-    let factory = FactoryProfile {
-        factory_id: FactoryId(Uuid::from_u128(1)),
-        capabilities: vec!["rust".into(), "gpu".into()],
-    };
-    let ctx = SchedulingContext {
-        now: Utc.timestamp_opt(1_800_000_000, 0).unwrap(),
-        running_by_product: (0..5)
-            .map(|p| (ProductId(format!("p{p}")), p as u32))
-            .collect::<BTreeMap<_, _>>(),
-    };
-    let weights = Weights::defaults();
+    let (factory, ctx, weights) = fixture();
     let jobs = candidates(10_000);
     c.bench_function("score only 10k", |b| {
         b.iter(|| {
