@@ -65,6 +65,8 @@ pub struct AppState {
     pub log_wake: Arc<Notify>,
     /// Woken after each log-worker round: new positions may be readable (streams).
     pub positioned: Arc<Notify>,
+    /// Asks the notifier to tell the other processes that events were committed.
+    pub notify_others: Arc<Notify>,
     /// Cancelled on SIGTERM: long polls answer 204, workers stop.
     pub shutdown: CancellationToken,
     pub settings: Arc<Settings>,
@@ -82,6 +84,7 @@ impl AppState {
             wake: Arc::new(Notify::new()),
             log_wake: Arc::new(Notify::new()),
             positioned: Arc::new(Notify::new()),
+            notify_others: Arc::new(Notify::new()),
             shutdown: CancellationToken::new(),
             settings: Arc::new(settings),
             clock: crate::commands::Clock::default(),
@@ -93,6 +96,15 @@ impl AppState {
     pub fn with_artifacts(mut self, store: Arc<dyn object_store::ObjectStore>) -> Self {
         self.artifacts = store;
         self
+    }
+
+    /// Called after a transaction that appended events committed: wakes this
+    /// process's waiters at once and has the notifier tell the other processes.
+    /// (A NOTIFY inside the appending transaction would serialise every commit on
+    /// PostgreSQL's notification-queue lock, held across the commit's WAL flush.)
+    pub fn events_committed(&self) {
+        self.wake_all();
+        self.notify_others.notify_one();
     }
 
     pub fn wake_all(&self) {

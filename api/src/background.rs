@@ -17,13 +17,29 @@ use tokio::task::JoinHandle;
 /// How often the log worker looks for work without a wake-up.
 const LOG_TICK: Duration = Duration::from_millis(200);
 
-/// Starts the listener, the log worker (sequencer + projector) and the sweeper.
+/// Starts the listener, the log worker (sequencer + projector), the sweeper and the
+/// notifier.
 pub fn spawn(state: &AppState) -> Vec<JoinHandle<()>> {
     vec![
         tokio::spawn(listen(state.clone())),
         tokio::spawn(log_worker(state.clone())),
         tokio::spawn(sweeper(state.clone())),
+        tokio::spawn(notifier(state.clone())),
     ]
+}
+
+/// Tells the other processes about commits, one NOTIFY for however many commits
+/// happened while the previous one was being sent.
+async fn notifier(state: AppState) {
+    loop {
+        tokio::select! {
+            _ = state.notify_others.notified() => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+        if let Err(e) = gigafactory_projections::log::notify_committed(&state.pool).await {
+            tracing::warn!(error = %e, "could not notify the other processes");
+        }
+    }
 }
 
 /// Wakes claim long polls and the log worker whenever any process commits events.
@@ -90,6 +106,10 @@ pub async fn catch_up(state: &AppState) -> Result<(), anyhow::Error> {
                 }
             }
         }
+        if given > 0 || projected > 0 {
+            // Stream subscribers go on at once, not when the log falls quiet.
+            state.positioned.notify_waiters();
+        }
         if given == 0 && projected == 0 {
             if !busy
                 || projector::low_water_mark(&state.pool).await?
@@ -102,8 +122,8 @@ pub async fn catch_up(state: &AppState) -> Result<(), anyhow::Error> {
     }
 }
 
-/// Ends expired leases, releases the leases of revoked factories, and runs the
-/// preemption coordinator.
+/// Ends expired leases, releases the leases of revoked factories, runs the
+/// preemption coordinator and keeps the busy tables' statistics fresh.
 async fn sweeper(state: AppState) {
     let mut last_orphan_sweep = std::time::Instant::now();
     loop {
@@ -112,6 +132,9 @@ async fn sweeper(state: AppState) {
             if let Err(e) = crate::artifacts::sweep_orphans(&state).await {
                 tracing::warn!(error = %e, "artifact orphan sweep failed");
             }
+        }
+        if let Err(e) = crate::statistics::refresh(&state.pool).await {
+            tracing::warn!(error = %e, "statistics refresh failed");
         }
         if let Err(e) = sweep(&state).await {
             tracing::warn!(error = %e, "lease sweeper failed a round");

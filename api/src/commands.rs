@@ -7,6 +7,7 @@ use crate::error::ApiError;
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
+use gigafactory_domain::job::Job;
 use gigafactory_domain::Stream;
 use gigafactory_projections::log::{self, AppendError, NewEvent};
 use gigafactory_projections::{apply_to_read_models, EventRecord, ProjectionError};
@@ -76,6 +77,24 @@ impl Clock {
             .await
     }
 
+    /// Waits for the writer lock of stream `key` (held until the transaction ends),
+    /// then reads the clock — one round trip.
+    pub async fn now_after_lock(
+        &self,
+        conn: &mut PgConnection,
+        key: &str,
+    ) -> Result<DateTime<Utc>, sqlx::Error> {
+        // OFFSET 0 keeps the lock in its own step, evaluated before the clock.
+        sqlx::query_scalar(
+            "SELECT clock_timestamp() + $2 * interval '1 millisecond'
+             FROM (SELECT pg_advisory_xact_lock(hashtextextended($1, 0)) OFFSET 0) AS locked",
+        )
+        .bind(key)
+        .bind(self.offset_ms.load(Ordering::Relaxed) as f64)
+        .fetch_one(conn)
+        .await
+    }
+
     /// Moves a simulated clock forward (tests and simulations only).
     pub fn advance(&self, by: chrono::Duration) {
         self.offset_ms
@@ -91,6 +110,8 @@ pub enum StreamLock {
     /// Give up at once if another writer holds it (the claim, which holds queue row
     /// locks and must never wait behind a writer that waits for those rows).
     Try,
+    /// The caller's transaction holds it already.
+    Held,
 }
 
 /// Loads, decides and appends inside the caller's transaction, holding the stream's
@@ -104,10 +125,11 @@ pub async fn decide_in<A>(
     lock: StreamLock,
 ) -> Result<Executed<A>, ExecError<A::Error>>
 where
-    A: Aggregate<Services = ()> + Stream,
+    A: Aggregate<Services = ()> + Stream + 'static,
 {
-    let lock_key = format!("{}/{}", A::TYPE, aggregate_id);
+    let lock_key = stream_lock_key::<A>(aggregate_id);
     match lock {
+        StreamLock::Held => {}
         StreamLock::Wait => lock_stream::<A>(conn, aggregate_id).await?,
         StreamLock::Try => {
             let got: bool =
@@ -153,8 +175,14 @@ where
         AppendError::Db(d) => ExecError::Db(d),
         c => ExecError::Conflict(c),
     })?;
+    // A job command holds the job it just advanced: its row is written from it (one
+    // statement), the other read models apply the events.
+    let job = (&aggregate as &dyn std::any::Any).downcast_ref::<Job>();
+    if let Some(job) = job {
+        gigafactory_projections::jobs::write(conn, job).await?;
+    }
+    apply_to_read_models(conn, &records, job.is_some()).await?;
     for r in &records {
-        apply_to_read_models(conn, r).await?;
         metrics::counter!("gigafactory_events_appended_total", "type" => r.event_type.clone())
             .increment(1);
     }
@@ -171,10 +199,15 @@ async fn lock_stream<A: Aggregate>(
     aggregate_id: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("{}/{}", A::TYPE, aggregate_id))
+        .bind(stream_lock_key::<A>(aggregate_id))
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// The advisory-lock key of `A`'s stream `aggregate_id`.
+fn stream_lock_key<A: Aggregate>(aggregate_id: &str) -> String {
+    format!("{}/{}", A::TYPE, aggregate_id)
 }
 
 /// Runs `make(now)` on aggregate `aggregate_id` in its own transaction, retrying on
@@ -185,21 +218,24 @@ pub async fn execute<A, F>(
     make: F,
 ) -> Result<Executed<A>, ExecError<A::Error>>
 where
-    A: Aggregate<Services = ()> + Stream,
+    A: Aggregate<Services = ()> + Stream + 'static,
     F: Fn(DateTime<Utc>) -> A::Command,
 {
     for attempt in 0..MAX_CONFLICT_RETRIES {
         let mut tx = state.pool.begin().await?;
-        // Take the stream's lock first, then read the clock (decide_in's own lock on
-        // the same key is then immediate).
-        lock_stream::<A>(&mut tx, aggregate_id).await?;
-        let now = state.clock.now(&mut tx).await?;
-        match decide_in::<A>(&mut tx, aggregate_id, make(now), StreamLock::Wait).await {
+        // Take the stream's lock first, then read the clock: a command that waited
+        // judges by the time it got its turn.
+        let now = state
+            .clock
+            .now_after_lock(&mut tx, &stream_lock_key::<A>(aggregate_id))
+            .await?;
+        match decide_in::<A>(&mut tx, aggregate_id, make(now), StreamLock::Held).await {
             Ok(done) => {
                 if done.events.is_empty() {
                     tx.rollback().await?;
                 } else {
                     tx.commit().await?;
+                    state.events_committed();
                 }
                 return Ok(done);
             }

@@ -21,6 +21,7 @@ pub mod preemption;
 pub mod routes;
 pub mod scheduling;
 pub mod simulate;
+pub mod statistics;
 pub mod views;
 
 pub use app::{App, AppState, Settings};

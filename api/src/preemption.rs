@@ -157,6 +157,9 @@ pub async fn preemption_round(state: &AppState) -> Result<usize, anyhow::Error> 
         match outcome {
             Ok(appended) => {
                 tx.commit().await?;
+                if appended {
+                    state.events_committed();
+                }
                 if mode == FlagMode::Shadow {
                     shadowed.push((decision.for_job, decision.evict));
                     if !appended {

@@ -6,35 +6,81 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use gigafactory_domain::job::Job;
 use gigafactory_domain::{JobId, Priority, Stage};
+use serde_json::{json, Value};
 use sqlx::{PgConnection, Row};
+use std::collections::{BTreeSet, HashMap};
 use uuid::Uuid;
 
 /// Applies a job event: the stored state advanced by one event.
 pub async fn apply(conn: &mut PgConnection, event: &EventRecord) -> Result<(), ProjectionError> {
-    if event.aggregate_type != Job::TYPE {
+    apply_batch(conn, std::slice::from_ref(event)).await
+}
+
+/// Applies a batch of events in log order (events of other aggregates are skipped):
+/// one query for the versions, one to lock and load the rows that are behind, and
+/// one bulk upsert — whatever the batch's size.
+pub async fn apply_batch(
+    conn: &mut PgConnection,
+    events: &[EventRecord],
+) -> Result<(), ProjectionError> {
+    let job_events: Vec<(Uuid, &EventRecord)> = events
+        .iter()
+        .filter(|e| e.aggregate_type == Job::TYPE)
+        .map(|e| (job_id_of(&e.aggregate_id), e))
+        .collect();
+    if job_events.is_empty() {
         return Ok(());
     }
-    let job_id = job_id_of(&event.aggregate_id);
-    // Usually the command path has applied it already: check without a lock first,
+    let ids: Vec<Uuid> = job_events
+        .iter()
+        .map(|(id, _)| *id)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    // Usually the command path has applied them already: check without a lock first,
     // so the projector does not lock (and make claims skip) rows that are current.
-    let current: Option<i64> = sqlx::query_scalar("SELECT version FROM job_view WHERE job_id = $1")
-        .bind(job_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    if current.is_some_and(|v| v >= event.sequence) {
+    let current: HashMap<Uuid, i64> =
+        sqlx::query("SELECT job_id, version FROM job_view WHERE job_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| (r.get("job_id"), r.get("version")))
+            .collect();
+    let behind: BTreeSet<Uuid> = job_events
+        .iter()
+        .filter(|(id, e)| current.get(id).is_none_or(|v| *v < e.sequence))
+        .map(|(id, _)| *id)
+        .collect();
+    if behind.is_empty() {
         return Ok(());
     }
-    let row = sqlx::query("SELECT version, state FROM job_view WHERE job_id = $1 FOR UPDATE")
-        .bind(job_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let mut job = match row {
-        Some(r) if r.get::<i64, _>("version") >= event.sequence => return Ok(()),
-        Some(r) => serde_json::from_value::<Job>(r.get("state")).map_err(ProjectionError::State)?,
-        None => Job::default(),
-    };
-    job.apply(event.decode::<Job>()?);
-    write(conn, &job).await
+    let behind: Vec<Uuid> = behind.into_iter().collect();
+    let mut jobs: HashMap<Uuid, Job> = HashMap::new();
+    for r in sqlx::query(
+        "SELECT job_id, state FROM job_view WHERE job_id = ANY($1) ORDER BY job_id FOR UPDATE",
+    )
+    .bind(&behind)
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        let job = serde_json::from_value::<Job>(r.get("state")).map_err(ProjectionError::State)?;
+        jobs.insert(r.get("job_id"), job);
+    }
+    let mut changed = BTreeSet::new();
+    for (id, e) in job_events {
+        if behind.binary_search(&id).is_err() {
+            continue;
+        }
+        let job = jobs.entry(id).or_default();
+        if e.sequence <= job.version as i64 {
+            continue;
+        }
+        job.apply(e.decode::<Job>()?);
+        changed.insert(id);
+    }
+    let rows: Vec<Value> = changed.iter().filter_map(|id| row(&jobs[id])).collect();
+    write_rows(conn, rows).await
 }
 
 /// The job id in a job stream id (`<product>/<uuid>`).
@@ -46,15 +92,55 @@ pub fn job_id_of(aggregate_id: &str) -> Uuid {
         .unwrap_or_default()
 }
 
-async fn write(conn: &mut PgConnection, job: &Job) -> Result<(), ProjectionError> {
-    let Some(spec) = &job.spec else { return Ok(()) };
+/// Writes the job's row as of its version (the command path, which holds the
+/// aggregate it just advanced, writes it directly).
+pub async fn write(conn: &mut PgConnection, job: &Job) -> Result<(), ProjectionError> {
+    write_rows(conn, row(job).into_iter().collect()).await
+}
+
+/// A `job_view` row as JSON (column names as keys); `None` before the job exists.
+fn row(job: &Job) -> Option<Value> {
+    let spec = job.spec.as_ref()?;
     let lease = job.lease.as_ref();
+    Some(json!({
+        "job_id": spec.job_id.0,
+        "product_id": spec.product_id.as_str(),
+        "title": spec.title,
+        "stage": job.stage.as_str(),
+        "priority": spec.priority.as_str(),
+        "priority_rank": spec.priority.rank(),
+        "required_capabilities": spec.required_capabilities,
+        "attempts": job.attempts,
+        "max_attempts": spec.max_attempts,
+        "lease_factory_id": lease.map(|l| l.factory_id.0),
+        "lease_epoch": lease.map(|l| l.epoch),
+        "lease_expires_at": lease.map(|l| l.expires_at),
+        "available_at": job.available_at,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "version": job.version,
+        "state": serde_json::to_value(job).expect("job state serialises"),
+        "affinity_factory_id": job.checkpoint_factory.map(|f| f.0),
+        "nominated_factory_id": job.nomination.as_ref().map(|n| n.factory_id.0),
+        "nominated_until": job.nomination.as_ref().map(|n| n.until),
+    }))
+}
+
+/// Upserts rows in one statement; a row never replaces a newer version.
+async fn write_rows(conn: &mut PgConnection, rows: Vec<Value>) -> Result<(), ProjectionError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
         "INSERT INTO job_view (job_id, product_id, title, stage, priority, priority_rank,
              required_capabilities, attempts, max_attempts, lease_factory_id, lease_epoch,
              lease_expires_at, available_at, created_at, updated_at, version, state,
              affinity_factory_id, nominated_factory_id, nominated_until)
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20)
+         SELECT job_id, product_id, title, stage, priority, priority_rank,
+             required_capabilities, attempts, max_attempts, lease_factory_id, lease_epoch,
+             lease_expires_at, available_at, created_at, updated_at, version, state,
+             affinity_factory_id, nominated_factory_id, nominated_until
+         FROM jsonb_populate_recordset(NULL::job_view, $1)
          ON CONFLICT (job_id) DO UPDATE SET title = EXCLUDED.title, stage = EXCLUDED.stage,
              priority = EXCLUDED.priority, priority_rank = EXCLUDED.priority_rank,
              attempts = EXCLUDED.attempts, lease_factory_id = EXCLUDED.lease_factory_id,
@@ -66,26 +152,7 @@ async fn write(conn: &mut PgConnection, job: &Job) -> Result<(), ProjectionError
              nominated_until = EXCLUDED.nominated_until
          WHERE job_view.version < EXCLUDED.version",
     )
-    .bind(spec.job_id.0)
-    .bind(spec.product_id.as_str())
-    .bind(&spec.title)
-    .bind(job.stage.as_str())
-    .bind(spec.priority.as_str())
-    .bind(spec.priority.rank())
-    .bind(&spec.required_capabilities)
-    .bind(job.attempts as i32)
-    .bind(spec.max_attempts as i32)
-    .bind(lease.map(|l| l.factory_id.0))
-    .bind(lease.map(|l| l.epoch as i64))
-    .bind(lease.map(|l| l.expires_at))
-    .bind(job.available_at)
-    .bind(job.created_at)
-    .bind(job.updated_at)
-    .bind(job.version as i64)
-    .bind(serde_json::to_value(job).expect("job state serialises"))
-    .bind(job.checkpoint_factory.map(|f| f.0))
-    .bind(job.nomination.as_ref().map(|n| n.factory_id.0))
-    .bind(job.nomination.as_ref().map(|n| n.until))
+    .bind(Value::Array(rows))
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -178,15 +245,28 @@ pub async fn candidates(
     lock: bool,
 ) -> Result<Vec<CandidateRow>, sqlx::Error> {
     let lock = if lock { "FOR UPDATE SKIP LOCKED" } else { "" };
-    let base = "SELECT job_id, product_id, priority, created_at, required_capabilities, affinity_factory_id
-         FROM job_view
-         WHERE stage = 'queued' AND product_id = ANY($1) AND required_capabilities <@ $2
-           AND (available_at IS NULL OR available_at <= $3)
-           AND (nominated_until IS NULL OR nominated_until <= $3 OR nominated_factory_id = $5)";
+    // Each set is read per product, from an index in the set's order (migration 8).
+    let filters = "j.stage = 'queued' AND j.required_capabilities <@ $2
+           AND (j.available_at IS NULL OR j.available_at <= $3)
+           AND (j.nominated_until IS NULL OR j.nominated_until <= $3 OR j.nominated_factory_id = $5)";
+    let columns = "j.job_id, j.product_id, j.priority, j.created_at, j.required_capabilities,
+                   j.affinity_factory_id";
+    let per_product = |order: &str| {
+        format!(
+            "SELECT c.* FROM unnest($1::text[]) AS p(product_id) CROSS JOIN LATERAL (
+                 SELECT {columns} FROM job_view j
+                 WHERE j.product_id = p.product_id AND {filters}
+                 ORDER BY {order} LIMIT $4 {lock}) AS c"
+        )
+    };
     let sets = [
-        format!("{base} ORDER BY priority_rank, created_at, job_id LIMIT $4 {lock}"),
-        format!("{base} ORDER BY created_at, job_id LIMIT $4 {lock}"),
-        format!("{base} AND affinity_factory_id = $5 ORDER BY created_at, job_id LIMIT $4 {lock}"),
+        per_product("j.priority_rank, j.created_at, j.job_id"),
+        per_product("j.created_at, j.job_id"),
+        format!(
+            "SELECT {columns} FROM job_view j
+             WHERE j.affinity_factory_id = $5 AND j.product_id = ANY($1) AND {filters}
+             ORDER BY j.created_at, j.job_id LIMIT $4 {lock}"
+        ),
     ];
     let mut out: Vec<CandidateRow> = Vec::new();
     for sql in &sets {

@@ -46,14 +46,19 @@ pub enum ProjectionError {
 
 pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Postgres>;
 
-/// Applies one event to every read model (the projector and the command path both
-/// call this; it is idempotent).
+/// Applies a command's events to every read model (the projector and the command
+/// path both call this; it is idempotent). `job_written`: the command path already
+/// wrote `job_view` from the aggregate it holds, so the jobs projection is skipped.
 pub async fn apply_to_read_models(
     tx: &mut sqlx::PgConnection,
-    event: &EventRecord,
+    events: &[EventRecord],
+    job_written: bool,
 ) -> Result<(), ProjectionError> {
     for p in projector::PROJECTIONS {
-        p.apply(tx, event).await?;
+        if job_written && p == projector::Projection::Jobs {
+            continue;
+        }
+        p.apply_batch(tx, events).await?;
     }
     Ok(())
 }

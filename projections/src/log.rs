@@ -85,7 +85,8 @@ pub enum AppendError {
     Db(sqlx::Error),
 }
 
-/// Appends events in the caller's transaction and notifies listeners on commit.
+/// Appends events in the caller's transaction. Listeners are told after the commit
+/// (see [`notify_committed`]), never from inside it.
 pub async fn append(
     tx: &mut PgConnection,
     events: &[NewEvent],
@@ -135,11 +136,6 @@ pub async fn append(
         sqlx::Error::Database(d) if d.is_unique_violation() => AppendError::Conflict,
         _ => AppendError::Db(e),
     })?;
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(EVENTS_CHANNEL)
-        .execute(&mut *tx)
-        .await
-        .map_err(AppendError::Db)?;
     Ok(events
         .iter()
         .zip(rows)
@@ -156,6 +152,16 @@ pub async fn append(
             visible_to: e.visible_to.clone(),
         })
         .collect())
+}
+
+/// Tells every listening process that events were committed (a transaction of its
+/// own: it takes the notification-queue lock only for a moment and writes no WAL).
+pub async fn notify_committed(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(EVENTS_CHANNEL)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// Loads aggregate `A` by replaying its stream (in the caller's transaction).

@@ -61,6 +61,27 @@ impl Projection {
         }
     }
 
+    /// Applies a batch of events in log order. The busy projections (jobs, runs,
+    /// timeline) write a batch in a few statements; the others go event by event
+    /// (their events are rare).
+    pub async fn apply_batch(
+        self,
+        conn: &mut PgConnection,
+        events: &[EventRecord],
+    ) -> Result<(), ProjectionError> {
+        match self {
+            Self::Jobs => crate::jobs::apply_batch(conn, events).await,
+            Self::Runs => crate::runs::apply_batch(conn, events).await,
+            Self::Timeline => crate::timeline::apply_batch(conn, events).await,
+            _ => {
+                for event in events {
+                    self.apply(conn, event).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     pub async fn apply(
         self,
         conn: &mut PgConnection,
@@ -101,28 +122,30 @@ pub async fn run_once(pool: &PgPool, batch: i64) -> Result<Option<usize>, Projec
         .min()
         .unwrap_or(0);
     let events = read_after(&mut tx, from, batch, None).await?;
-    for event in &events {
-        let position = event
-            .position
-            .expect("read_after returns positioned events");
-        for p in PROJECTIONS {
-            let cp = checkpoints
-                .get_mut(p.name())
-                .expect("every projection has a checkpoint");
-            if *cp < position {
-                p.apply(&mut tx, event).await?;
-                *cp = position;
-            }
+    for p in PROJECTIONS {
+        let cp = checkpoints
+            .get_mut(p.name())
+            .expect("every projection has a checkpoint");
+        let first = events.partition_point(|e| e.position.unwrap_or(0) <= *cp);
+        if first < events.len() {
+            p.apply_batch(&mut tx, &events[first..]).await?;
+            *cp = events[events.len() - 1]
+                .position
+                .expect("read_after returns positioned events");
         }
     }
     if !events.is_empty() {
-        for p in PROJECTIONS {
-            sqlx::query("UPDATE projection_checkpoints SET position = $2 WHERE projection = $1")
-                .bind(p.name())
-                .bind(checkpoints[p.name()])
-                .execute(&mut *tx)
-                .await?;
-        }
+        let names: Vec<&str> = PROJECTIONS.iter().map(|p| p.name()).collect();
+        let positions: Vec<i64> = PROJECTIONS.iter().map(|p| checkpoints[p.name()]).collect();
+        sqlx::query(
+            "UPDATE projection_checkpoints c SET position = u.position
+             FROM unnest($1::text[], $2::bigint[]) AS u(projection, position)
+             WHERE c.projection = u.projection",
+        )
+        .bind(&names)
+        .bind(&positions)
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     Ok(Some(events.len()))

@@ -96,10 +96,8 @@ pub async fn rebuild_into(
         let Some(last) = events.last().and_then(|e| e.position) else {
             break;
         };
-        for e in &events {
-            for p in PROJECTIONS {
-                p.apply(&mut tx, e).await?;
-            }
+        for p in PROJECTIONS {
+            p.apply_batch(&mut tx, &events).await?;
         }
         sqlx::query(&format!("UPDATE {schema}.gf_replay_mark SET value = $1"))
             .bind(last)
@@ -189,10 +187,8 @@ pub async fn swap(pool: &PgPool, schema: &str) -> Result<(), ProjectionError> {
         let Some(last) = events.last().and_then(|e| e.position) else {
             break;
         };
-        for e in &events {
-            for p in PROJECTIONS {
-                p.apply(&mut tx, e).await?;
-            }
+        for p in PROJECTIONS {
+            p.apply_batch(&mut tx, &events).await?;
         }
         after = last;
     }

@@ -5,94 +5,212 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use gigafactory_domain::job::{Job, JobEvent, RunOutcome};
 use sqlx::{PgConnection, Row};
+use std::collections::HashMap;
 use uuid::Uuid;
 
+/// Applies one event.
 pub async fn apply(conn: &mut PgConnection, event: &EventRecord) -> Result<(), ProjectionError> {
-    if event.aggregate_type != Job::TYPE {
+    apply_batch(conn, std::slice::from_ref(event)).await
+}
+
+/// A run started in the batch being applied, as the batch leaves it.
+struct NewRun {
+    run_id: Uuid,
+    job_id: Uuid,
+    product_id: String,
+    factory_id: Uuid,
+    epoch: i64,
+    outcome: RunOutcome,
+    cost_usd: Option<f64>,
+    started_at: DateTime<Utc>,
+    ended_at: Option<DateTime<Utc>>,
+    last_sequence: i64,
+}
+
+/// The end of a run started before the batch.
+struct RunEnd {
+    outcome: RunOutcome,
+    cost_usd: Option<f64>,
+    at: DateTime<Utc>,
+    sequence: i64,
+}
+
+/// Applies a batch of events in log order: runs started in the batch are folded in
+/// memory and upserted at once, then the ends of older runs and the cancellations
+/// are applied in one statement each. Every write is guarded by `last_sequence`, so
+/// applying an event twice changes nothing.
+pub async fn apply_batch(
+    conn: &mut PgConnection,
+    events: &[EventRecord],
+) -> Result<(), ProjectionError> {
+    let mut started: Vec<NewRun> = Vec::new();
+    let mut index: HashMap<Uuid, usize> = HashMap::new();
+    let mut ends: HashMap<Uuid, RunEnd> = HashMap::new();
+    let mut cancels: Vec<(Uuid, DateTime<Utc>, i64)> = Vec::new();
+    for event in events.iter().filter(|e| e.aggregate_type == Job::TYPE) {
+        let job_id = crate::jobs::job_id_of(&event.aggregate_id);
+        let seq = event.sequence;
+        let (run_id, outcome, cost_usd, at) = match event.decode::<Job>()? {
+            JobEvent::LeaseGranted {
+                epoch,
+                run_id,
+                factory_id,
+                at,
+                ..
+            } => {
+                index.entry(run_id.0).or_insert_with(|| {
+                    started.push(NewRun {
+                        run_id: run_id.0,
+                        job_id,
+                        product_id: event.product_id.clone().unwrap_or_default(),
+                        factory_id: factory_id.0,
+                        epoch: epoch as i64,
+                        outcome: RunOutcome::Running,
+                        cost_usd: None,
+                        started_at: at,
+                        ended_at: None,
+                        last_sequence: seq,
+                    });
+                    started.len() - 1
+                });
+                continue;
+            }
+            JobEvent::RunSucceeded {
+                run_id,
+                cost_usd,
+                at,
+                ..
+            } => (run_id, RunOutcome::Succeeded, cost_usd, at),
+            JobEvent::RunFailed {
+                run_id,
+                cost_usd,
+                at,
+                ..
+            } => (run_id, RunOutcome::Failed, cost_usd, at),
+            JobEvent::LeaseExpired { run_id, at, .. } => (run_id, RunOutcome::Expired, None, at),
+            JobEvent::LeaseReleased { run_id, at, .. } => (run_id, RunOutcome::Released, None, at),
+            JobEvent::LeasePreempted { run_id, at, .. } => {
+                (run_id, RunOutcome::Preempted, None, at)
+            }
+            JobEvent::LeaseRevoked { run_id, at, .. } => (run_id, RunOutcome::Revoked, None, at),
+            JobEvent::JobCancelled { at, .. } => {
+                // Ends the run that is still open, if any.
+                for run in started.iter_mut().filter(|r| {
+                    r.job_id == job_id && r.outcome == RunOutcome::Running && r.last_sequence < seq
+                }) {
+                    run.outcome = RunOutcome::Cancelled;
+                    run.ended_at = Some(at);
+                    run.last_sequence = seq;
+                }
+                cancels.push((job_id, at, seq));
+                continue;
+            }
+            _ => continue,
+        };
+        match index.get(&run_id.0) {
+            Some(&i) if started[i].last_sequence < seq => {
+                let run = &mut started[i];
+                run.outcome = outcome;
+                run.cost_usd = cost_usd;
+                run.ended_at = Some(at);
+                run.last_sequence = seq;
+            }
+            Some(_) => {}
+            None => {
+                ends.insert(
+                    run_id.0,
+                    RunEnd {
+                        outcome,
+                        cost_usd,
+                        at,
+                        sequence: seq,
+                    },
+                );
+            }
+        }
+    }
+    insert_started(conn, &started).await?;
+    end_older(conn, &ends).await?;
+    cancel_open(conn, &cancels).await
+}
+
+async fn insert_started(conn: &mut PgConnection, runs: &[NewRun]) -> Result<(), ProjectionError> {
+    if runs.is_empty() {
         return Ok(());
     }
-    let job_id = crate::jobs::job_id_of(&event.aggregate_id);
-    let seq = event.sequence;
-    match event.decode::<Job>()? {
-        JobEvent::LeaseGranted {
-            epoch,
-            run_id,
-            factory_id,
-            at,
-            ..
-        } => {
-            sqlx::query(
-                "INSERT INTO run_view (run_id, job_id, product_id, factory_id, epoch, outcome, started_at, last_sequence)
-                 VALUES ($1, $2, $3, $4, $5, 'running', $6, $7) ON CONFLICT (run_id) DO NOTHING",
-            )
-            .bind(run_id.0)
-            .bind(job_id)
-            .bind(event.product_id.as_deref().unwrap_or_default())
-            .bind(factory_id.0)
-            .bind(epoch as i64)
-            .bind(at)
-            .bind(seq)
-            .execute(&mut *conn)
-            .await?;
-        }
-        JobEvent::RunSucceeded {
-            run_id,
-            cost_usd,
-            at,
-            ..
-        } => end(conn, run_id.0, seq, RunOutcome::Succeeded, cost_usd, at).await?,
-        JobEvent::RunFailed {
-            run_id,
-            cost_usd,
-            at,
-            ..
-        } => end(conn, run_id.0, seq, RunOutcome::Failed, cost_usd, at).await?,
-        JobEvent::LeaseExpired { run_id, at, .. } => {
-            end(conn, run_id.0, seq, RunOutcome::Expired, None, at).await?
-        }
-        JobEvent::LeaseReleased { run_id, at, .. } => {
-            end(conn, run_id.0, seq, RunOutcome::Released, None, at).await?
-        }
-        JobEvent::LeasePreempted { run_id, at, .. } => {
-            end(conn, run_id.0, seq, RunOutcome::Preempted, None, at).await?
-        }
-        JobEvent::LeaseRevoked { run_id, at, .. } => {
-            end(conn, run_id.0, seq, RunOutcome::Revoked, None, at).await?
-        }
-        JobEvent::JobCancelled { at, .. } => {
-            // Ends the run that is still open, if any.
-            sqlx::query(
-                "UPDATE run_view SET outcome = 'cancelled', ended_at = $2, last_sequence = $3
-                 WHERE job_id = $1 AND outcome = 'running' AND last_sequence < $3",
-            )
-            .bind(job_id)
-            .bind(at)
-            .bind(seq)
-            .execute(&mut *conn)
-            .await?;
-        }
-        _ => {}
-    }
+    sqlx::query(
+        "INSERT INTO run_view (run_id, job_id, product_id, factory_id, epoch, outcome, cost_usd,
+                               started_at, ended_at, last_sequence)
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::bigint[],
+                              $6::text[], $7::float8[], $8::timestamptz[], $9::timestamptz[],
+                              $10::bigint[])
+         ON CONFLICT (run_id) DO UPDATE SET outcome = EXCLUDED.outcome,
+             cost_usd = EXCLUDED.cost_usd, ended_at = EXCLUDED.ended_at,
+             last_sequence = EXCLUDED.last_sequence
+         WHERE run_view.last_sequence < EXCLUDED.last_sequence",
+    )
+    .bind(runs.iter().map(|r| r.run_id).collect::<Vec<_>>())
+    .bind(runs.iter().map(|r| r.job_id).collect::<Vec<_>>())
+    .bind(
+        runs.iter()
+            .map(|r| r.product_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(runs.iter().map(|r| r.factory_id).collect::<Vec<_>>())
+    .bind(runs.iter().map(|r| r.epoch).collect::<Vec<_>>())
+    .bind(runs.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>())
+    .bind(runs.iter().map(|r| r.cost_usd).collect::<Vec<_>>())
+    .bind(runs.iter().map(|r| r.started_at).collect::<Vec<_>>())
+    .bind(runs.iter().map(|r| r.ended_at).collect::<Vec<_>>())
+    .bind(runs.iter().map(|r| r.last_sequence).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
-async fn end(
+async fn end_older(
     conn: &mut PgConnection,
-    run_id: Uuid,
-    seq: i64,
-    outcome: RunOutcome,
-    cost: Option<f64>,
-    at: DateTime<Utc>,
+    ends: &HashMap<Uuid, RunEnd>,
 ) -> Result<(), ProjectionError> {
+    if ends.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
-        "UPDATE run_view SET outcome = $2, cost_usd = $3, ended_at = $4, last_sequence = $5
-         WHERE run_id = $1 AND last_sequence < $5",
+        "UPDATE run_view r SET outcome = u.outcome, cost_usd = u.cost, ended_at = u.at,
+                               last_sequence = u.seq
+         FROM unnest($1::uuid[], $2::text[], $3::float8[], $4::timestamptz[], $5::bigint[])
+              AS u(run_id, outcome, cost, at, seq)
+         WHERE r.run_id = u.run_id AND r.last_sequence < u.seq",
     )
-    .bind(run_id)
-    .bind(outcome.as_str())
-    .bind(cost)
-    .bind(at)
-    .bind(seq)
+    .bind(ends.keys().copied().collect::<Vec<_>>())
+    .bind(
+        ends.values()
+            .map(|e| e.outcome.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(ends.values().map(|e| e.cost_usd).collect::<Vec<_>>())
+    .bind(ends.values().map(|e| e.at).collect::<Vec<_>>())
+    .bind(ends.values().map(|e| e.sequence).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn cancel_open(
+    conn: &mut PgConnection,
+    cancels: &[(Uuid, DateTime<Utc>, i64)],
+) -> Result<(), ProjectionError> {
+    if cancels.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE run_view r SET outcome = 'cancelled', ended_at = u.at, last_sequence = u.seq
+         FROM unnest($1::uuid[], $2::timestamptz[], $3::bigint[]) AS u(job_id, at, seq)
+         WHERE r.job_id = u.job_id AND r.outcome = 'running' AND r.last_sequence < u.seq",
+    )
+    .bind(cancels.iter().map(|c| c.0).collect::<Vec<_>>())
+    .bind(cancels.iter().map(|c| c.1).collect::<Vec<_>>())
+    .bind(cancels.iter().map(|c| c.2).collect::<Vec<_>>())
     .execute(&mut *conn)
     .await?;
     Ok(())

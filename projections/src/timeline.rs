@@ -7,19 +7,43 @@ use gigafactory_domain::job::Job;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
+/// Appends a job event to its job's timeline.
 pub async fn apply(conn: &mut PgConnection, event: &EventRecord) -> Result<(), ProjectionError> {
-    if event.aggregate_type != Job::TYPE {
+    apply_batch(conn, std::slice::from_ref(event)).await
+}
+
+/// Appends a batch's job events to the timelines in one statement.
+pub async fn apply_batch(
+    conn: &mut PgConnection,
+    events: &[EventRecord],
+) -> Result<(), ProjectionError> {
+    let job_events: Vec<&EventRecord> = events
+        .iter()
+        .filter(|e| e.aggregate_type == Job::TYPE)
+        .collect();
+    if job_events.is_empty() {
         return Ok(());
     }
+    let ids: Vec<Uuid> = job_events
+        .iter()
+        .map(|e| crate::jobs::job_id_of(&e.aggregate_id))
+        .collect();
+    let sequences: Vec<i64> = job_events.iter().map(|e| e.sequence).collect();
+    let types: Vec<&str> = job_events.iter().map(|e| e.event_type.as_str()).collect();
+    let payloads: Vec<String> = job_events.iter().map(|e| e.payload.to_string()).collect();
+    let recorded: Vec<DateTime<Utc>> = job_events.iter().map(|e| e.recorded_at).collect();
     sqlx::query(
         "INSERT INTO job_event_view (job_id, sequence, event_type, payload, recorded_at)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+         SELECT i, s, t, p::jsonb, r
+         FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::timestamptz[])
+              AS u(i, s, t, p, r)
+         ON CONFLICT DO NOTHING",
     )
-    .bind(crate::jobs::job_id_of(&event.aggregate_id))
-    .bind(event.sequence)
-    .bind(&event.event_type)
-    .bind(&event.payload)
-    .bind(event.recorded_at)
+    .bind(&ids)
+    .bind(&sequences)
+    .bind(&types)
+    .bind(&payloads)
+    .bind(&recorded)
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -66,6 +66,27 @@ async fn workload(app: &TestApp) -> String {
         }
     }
     assert!(expired, "the short lease expired");
+    // A cancellation while a run is open ends that run.
+    let (_, ft) = app.enroll(&op, &["p2"], &[], 1).await;
+    let doomed = app
+        .submit(
+            &op,
+            json!({"productId": "p2", "title": "doomed", "priority": "critical"}),
+        )
+        .await;
+    let id = doomed["id"].as_str().unwrap().to_string();
+    let c = app.claim(&ft).await.unwrap();
+    assert_eq!(c["job"]["id"], id.as_str());
+    let r = app
+        .patch(
+            &format!("/fleet/jobs/{id}"),
+            &op,
+            json!({"stage": "cancelled"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let runs = app.get(&format!("/fleet/jobs/{id}/runs"), &op).await.body;
+    assert_eq!(runs["items"][0]["outcome"], "cancelled", "{runs}");
     op
 }
 
@@ -326,6 +347,13 @@ async fn replay_proves_the_read_models_and_names_a_corrupted_row() {
         .unwrap();
     assert!(applied >= 27, "{applied}");
     let diffs = replay::compare(&app.pool, &schema).await.unwrap();
+    assert!(diffs.is_empty(), "{diffs:#?}");
+    // One batch for the whole log: runs start and end inside the batch.
+    let whole = format!("{schema}_whole");
+    replay::rebuild_into(&app.pool, &whole, 10_000, |_, _| {})
+        .await
+        .unwrap();
+    let diffs = replay::compare(&app.pool, &whole).await.unwrap();
     assert!(diffs.is_empty(), "{diffs:#?}");
 
     let job_id: uuid::Uuid = sqlx::query_scalar("SELECT job_id FROM job_view LIMIT 1")
