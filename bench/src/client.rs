@@ -1,0 +1,167 @@
+//! The HTTP calls the scenarios make, as an outside client would (API.md).
+
+use anyhow::{bail, Context};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use serde_json::{json, Value};
+
+/// One keep-alive client for one server.
+#[derive(Clone)]
+pub struct Api {
+    pub http: reqwest::Client,
+    pub base: String,
+}
+
+impl Api {
+    pub fn new(base: &str, connections: usize) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(connections + 4)
+                .tcp_nodelay(true)
+                .build()?,
+            base: base.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// POSTs JSON; returns the status and the JSON answer (`null` when empty).
+    pub async fn post(
+        &self,
+        path: &str,
+        token: &str,
+        body: &Value,
+    ) -> anyhow::Result<(u16, Value)> {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        let bytes = r.bytes().await?;
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        Ok((status, value))
+    }
+
+    /// POSTs and insists on `expect`.
+    pub async fn post_ok(
+        &self,
+        path: &str,
+        token: &str,
+        body: &Value,
+        expect: u16,
+    ) -> anyhow::Result<Value> {
+        let (status, answer) = self.post(path, token, body).await?;
+        if status != expect {
+            bail!("POST {path} answered {status} (expected {expect}): {answer}");
+        }
+        Ok(answer)
+    }
+
+    /// Issues an operator token for `products` with the admin token.
+    pub async fn operator_token(&self, admin: &str, products: &[&str]) -> anyhow::Result<String> {
+        let answer = self
+            .post_ok(
+                "/fleet/tokens",
+                admin,
+                &json!({"role": "operator", "products": products, "name": "bench"}),
+                201,
+            )
+            .await?;
+        Ok(answer["token"].as_str().context("token")?.to_string())
+    }
+
+    /// Enrolls `n` factories of capacity 1 for `product`; returns their tokens.
+    pub async fn enroll(
+        &self,
+        operator: &str,
+        product: &str,
+        n: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut tokens = Vec::with_capacity(n);
+        for i in 0..n {
+            let answer = self
+                .post_ok(
+                    "/fleet/factories/enroll",
+                    operator,
+                    &json!({"name": format!("bench-{i}"), "productIds": [product], "capabilities": [], "capacity": 1}),
+                    201,
+                )
+                .await?;
+            tokens.push(
+                answer["token"]
+                    .as_str()
+                    .context("factory token")?
+                    .to_string(),
+            );
+        }
+        Ok(tokens)
+    }
+
+    /// Submits one no-op job; returns its id.
+    pub async fn submit(
+        &self,
+        operator: &str,
+        product: &str,
+        title: &str,
+    ) -> anyhow::Result<String> {
+        let answer = self
+            .post_ok(
+                "/fleet/jobs",
+                operator,
+                &json!({"productId": product, "title": title}),
+                201,
+            )
+            .await?;
+        Ok(answer["id"].as_str().context("job id")?.to_string())
+    }
+
+    /// Submits `n` jobs with `parallel` requests in flight (set-up, not timed).
+    pub async fn submit_many(
+        &self,
+        operator: &str,
+        product: &str,
+        n: usize,
+        parallel: usize,
+    ) -> anyhow::Result<()> {
+        stream::iter(0..n)
+            .map(|i| async move { self.submit(operator, product, &format!("job {i}")).await })
+            .buffer_unordered(parallel.max(1))
+            .try_for_each(|_| async { Ok(()) })
+            .await
+    }
+
+    /// One claim; `Some((job id, epoch))` or `None` on 204.
+    pub async fn claim(
+        &self,
+        factory: &str,
+        wait_ms: u32,
+    ) -> anyhow::Result<Option<(String, u64)>> {
+        let (status, answer) = self
+            .post("/fleet/claim", factory, &json!({"waitMs": wait_ms}))
+            .await?;
+        match status {
+            200 => Ok(Some((
+                answer["job"]["id"].as_str().context("job id")?.to_string(),
+                answer["lease"]["epoch"].as_u64().context("epoch")?,
+            ))),
+            204 => Ok(None),
+            s => bail!("claim answered {s}: {answer}"),
+        }
+    }
+
+    /// Reports the run succeeded.
+    pub async fn succeed(&self, factory: &str, job: &str, epoch: u64) -> anyhow::Result<()> {
+        self.post_ok(
+            &format!("/fleet/jobs/{job}/report"),
+            factory,
+            &json!({"epoch": epoch, "status": "succeeded", "costUsd": 0.0}),
+            200,
+        )
+        .await
+        .map(|_| ())
+    }
+}

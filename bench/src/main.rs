@@ -1,0 +1,229 @@
+//! `gigafactory-bench`: Gigafactory and graphile-worker side by side, each on a fresh
+//! database of one PostgreSQL server, in one run; prints one table of figures, ratios
+//! and targets (docs/performance.md). Speed is measured here, never asserted in tests.
+
+mod client;
+mod db;
+mod fleet;
+mod graphile;
+mod logbench;
+mod report;
+mod server;
+mod stats;
+
+use anyhow::Context;
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Runs the side-by-side benchmark and prints the table.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "gigafactory-bench", version)]
+pub struct Args {
+    /// PostgreSQL server to create the fresh databases on (any database name; the
+    /// run creates and drops its own). Default: TEST_DATABASE_URL, DATABASE_URL, else
+    /// postgres://postgres@127.0.0.1:5432/postgres.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// The `gigafactory` binary to benchmark (default: next to this one).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// The folder with drain.mjs and graphile-worker installed (`npm ci` there).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/graphile"))]
+    graphile_dir: PathBuf,
+    /// Jobs in each drain.
+    #[arg(long, default_value_t = 20_000)]
+    jobs: usize,
+    /// Factories (Gigafactory) and worker concurrency (graphile-worker).
+    #[arg(long, default_value_t = 32)]
+    factories: usize,
+    /// Jobs in the lifecycle scenario.
+    #[arg(long, default_value_t = 5_000)]
+    lifecycle_jobs: usize,
+    /// Samples of the idle enqueue → claim latency.
+    #[arg(long, default_value_t = 200)]
+    idle_samples: usize,
+    /// Queued jobs when the server's memory is read.
+    #[arg(long, default_value_t = 100_000)]
+    queued: usize,
+    /// Events in the replay/verify log.
+    #[arg(long, default_value_t = 1_000_000)]
+    replay_events: i64,
+    /// Tiny sizes, to check that the benchmark still runs (CI).
+    #[arg(long)]
+    smoke: bool,
+    /// Also write every figure as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+impl Args {
+    fn sized(mut self) -> Self {
+        if self.smoke {
+            self.jobs = 300;
+            self.lifecycle_jobs = 100;
+            self.idle_samples = 20;
+            self.queued = 500;
+            self.replay_events = 3_000;
+        }
+        self
+    }
+
+    fn server_url(&self) -> String {
+        self.database_url
+            .clone()
+            .or_else(|| std::env::var("TEST_DATABASE_URL").ok())
+            .or_else(|| std::env::var("DATABASE_URL").ok())
+            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    }
+
+    fn server_bin(&self) -> anyhow::Result<PathBuf> {
+        match &self.server_bin {
+            Some(p) => Ok(p.clone()),
+            None => Ok(std::env::current_exe()?
+                .parent()
+                .context("this binary's folder")?
+                .join("gigafactory")),
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber_init();
+    let args = Args::parse().sized();
+    let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    match rt.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gigafactory-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn tracing_subscriber_init() {
+    // Diagnostics go to stderr; stdout is the table only.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let bin = args.server_bin()?;
+    anyhow::ensure!(
+        bin.exists(),
+        "no server binary at {} (build it: cargo build --release --bin gigafactory)",
+        bin.display()
+    );
+    let dbs = db::Databases::connect(&args.server_url()).await?;
+    let result = scenarios(&args, &bin, &dbs).await;
+    dbs.drop_all().await;
+    let figures = result?;
+    print!("{}", report::table(&figures));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&figures)?)?;
+    }
+    Ok(())
+}
+
+fn step(what: &str) {
+    tracing::info!("{what}");
+}
+
+async fn scenarios(
+    args: &Args,
+    bin: &std::path::Path,
+    dbs: &db::Databases,
+) -> anyhow::Result<report::Figures> {
+    let work = std::env::temp_dir().join(format!("gigafactory-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let machine = report::Machine::read(dbs).await;
+
+    // Gigafactory: drain (+ projection lag), idle latency, lifecycle — one server.
+    let url = dbs.fresh("drain").await?;
+    let server = server::Server::start(bin, &url, &work).await?;
+    let api = client::Api::new(&server.url, args.factories * 2 + 8)?;
+    let operator = api.operator_token(&server.admin_token, &["bench"]).await?;
+    let probe = api.operator_token(&server.admin_token, &["probe"]).await?;
+    let factories = api.enroll(&operator, "bench", args.factories).await?;
+    step(&format!("submitting {} jobs (untimed)", args.jobs));
+    api.submit_many(&operator, "bench", args.jobs, args.factories)
+        .await?;
+    step("draining with Gigafactory");
+    let drain = fleet::drain(&api, &factories, args.jobs, &probe, "probe").await?;
+    step("idle enqueue → claim");
+    let idle =
+        fleet::idle_enqueue_to_claim(&api, &operator, "bench", &factories, args.idle_samples)
+            .await?;
+    step("lifecycle");
+    let lifecycle =
+        fleet::lifecycle(&api, &operator, "bench", &factories, args.lifecycle_jobs).await?;
+    server.stop().await;
+
+    // graphile-worker, default and batched, each on its own fresh database.
+    step("draining with graphile-worker (default settings)");
+    let url = dbs.fresh("graphile").await?;
+    let graphile = graphile::drain(
+        &args.graphile_dir,
+        &url,
+        args.jobs,
+        args.factories,
+        "default",
+    )
+    .await?;
+    step("draining with graphile-worker (batched mode)");
+    let url = dbs.fresh("graphile_batched").await?;
+    let graphile_batched = graphile::drain(
+        &args.graphile_dir,
+        &url,
+        args.jobs,
+        args.factories,
+        "batched",
+    )
+    .await?;
+
+    // Memory with a deep queue.
+    step(&format!(
+        "queueing {} jobs for the memory reading",
+        args.queued
+    ));
+    let url = dbs.fresh("queued").await?;
+    let server = server::Server::start(bin, &url, &work).await?;
+    let api = client::Api::new(&server.url, args.factories + 8)?;
+    let operator = api.operator_token(&server.admin_token, &["bench"]).await?;
+    api.submit_many(&operator, "bench", args.queued, args.factories)
+        .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_bytes = server.rss_bytes()?;
+    server.stop().await;
+
+    step(&format!(
+        "replay and verify on {} events",
+        args.replay_events
+    ));
+    let url = dbs.fresh("replay").await?;
+    let log = logbench::measure(&url, args.replay_events).await?;
+
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(report::Figures {
+        machine,
+        factories: args.factories,
+        drain_jobs: args.jobs,
+        drain_jobs_per_second: drain.jobs_per_second(),
+        claim_ms: drain.claim_ms,
+        projection_lag_ms: drain.projection_lag_ms,
+        lifecycle_jobs: args.lifecycle_jobs,
+        lifecycle_jobs_per_second: lifecycle,
+        idle_enqueue_to_claim_ms: idle,
+        graphile_version: graphile.version.clone(),
+        graphile_jobs_per_second: graphile.jobs_per_second,
+        graphile_batched_jobs_per_second: graphile_batched.jobs_per_second,
+        queued: args.queued,
+        rss_mb: rss_bytes as f64 / (1024.0 * 1024.0),
+        log,
+    })
+}
