@@ -1,17 +1,22 @@
 //! The claim: lease the best job this factory may run, never two leases on one job.
 //!
 //! One transaction: lock the factory's row (its claims take turns, so it never
-//! exceeds its capacity), lock a bounded set of claimable rows with `FOR UPDATE SKIP
-//! LOCKED` (concurrent claimers spread over different jobs instead of racing for the
-//! top one), rank them with the pure scoring scheduler, and grant the lease on the best
-//! one whose stream lock is free — appending `LeaseGranted` and updating the queue row
-//! in the same transaction. The aggregate has the last word (optimistic concurrency
-//! on the stream's sequence), so even a stale queue row cannot cause a second lease.
+//! exceeds its capacity), read a bounded candidate set without row locks, rank it
+//! with the pure scoring scheduler, then take — in one statement — the stream lock of
+//! the best-ranked job no other claimer holds (`pg_try_advisory_xact_lock` in rank
+//! order), and grant the lease there: appending `LeaseGranted` and updating the queue
+//! row in the same transaction. Concurrent claimers therefore spread over the ranked
+//! jobs instead of queueing behind the top one, and no claimer holds row locks that
+//! a report would wait for. The aggregate has the last word (a job claimed since the
+//! read refuses; optimistic concurrency on the stream's sequence), so even a stale
+//! queue row cannot cause a second lease.
 
 use crate::app::AppState;
-use crate::commands::{conflict_pause, decide_in, ExecError, Executed, StreamLock};
+use crate::commands::{
+    conflict_pause, decide_in, stream_lock_key, ExecError, Executed, StreamLock,
+};
 use crate::error::ApiError;
-use crate::scheduling::{rank_for_factory, CANDIDATES_PER_SET};
+use crate::scheduling::{rank_for_factory, Pick, CANDIDATES_PER_SET};
 use chrono::{DateTime, Utc};
 use gigafactory_domain::job::{Job, JobCommand};
 use gigafactory_domain::scheduler::{Breakdown, WeightOverrides};
@@ -64,7 +69,6 @@ pub async fn claim_next_job(
             weights,
             now,
             CANDIDATES_PER_SET,
-            true,
         )
         .await?;
         if let Some(job) = nominated {
@@ -72,7 +76,15 @@ pub async fn claim_next_job(
             ranked.retain(|r| r.job.job_id.0 == job);
         }
         let mut retry = false;
-        for pick in ranked {
+        let mut rest = &ranked[..];
+        while !rest.is_empty() {
+            let Some(index) = lock_first_free(&mut tx, rest).await? else {
+                // Other claimers hold every one of them: look again once they are done.
+                retry = true;
+                break;
+            };
+            let pick = &rest[index];
+            rest = &rest[index + 1..];
             let command = JobCommand::GrantLease {
                 run_id: RunId(Uuid::now_v7()),
                 factory_id,
@@ -81,7 +93,7 @@ pub async fn claim_next_job(
                 now,
             };
             let stream = pick.job.job_id.stream_id(&pick.job.product_id);
-            match decide_in::<Job>(&mut tx, &stream, command, StreamLock::Try).await {
+            match decide_in::<Job>(&mut tx, &stream, command, StreamLock::Held).await {
                 Ok(Executed { aggregate, events }) if !events.is_empty() => {
                     tx.commit().await?;
                     state.events_committed();
@@ -92,7 +104,8 @@ pub async fn claim_next_job(
                         now,
                     }));
                 }
-                Ok(_) | Err(ExecError::Busy) | Err(ExecError::Domain(_)) => continue,
+                // Claimed or changed since the read: the next one.
+                Ok(_) | Err(ExecError::Domain(_)) => continue,
                 Err(ExecError::Conflict(_)) => {
                     retry = true;
                     break;
@@ -107,4 +120,25 @@ pub async fn claim_next_job(
         conflict_pause(attempt).await;
     }
     Ok(None)
+}
+
+/// Takes the stream lock of the first of `picks` (best first) that no other
+/// transaction holds, in one round trip; returns its index. Only the one lock is
+/// taken: the scan stops at the first success.
+async fn lock_first_free(
+    tx: &mut sqlx::PgConnection,
+    picks: &[Pick],
+) -> Result<Option<usize>, sqlx::Error> {
+    let keys: Vec<String> = picks
+        .iter()
+        .map(|p| stream_lock_key::<Job>(&p.job.job_id.stream_id(&p.job.product_id)))
+        .collect();
+    let ordinal: Option<i64> = sqlx::query_scalar(
+        "SELECT ord FROM unnest($1::text[]) WITH ORDINALITY AS c(key, ord)
+         WHERE pg_try_advisory_xact_lock(hashtextextended(key, 0)) LIMIT 1",
+    )
+    .bind(&keys)
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(ordinal.map(|o| o as usize - 1))
 }

@@ -33,9 +33,6 @@ pub enum ExecError<E: std::error::Error> {
     Domain(E),
     #[error("too many concurrent writers on one stream")]
     Contended,
-    /// `StreamLock::Try` found another writer on the stream.
-    #[error("another writer holds the stream")]
-    Busy,
     #[error(transparent)]
     Conflict(AppendError),
     #[error(transparent)]
@@ -51,7 +48,7 @@ where
 {
     match e {
         ExecError::Domain(d) => d.into(),
-        ExecError::Contended | ExecError::Busy | ExecError::Conflict(_) => {
+        ExecError::Contended | ExecError::Conflict(_) => {
             ApiError::Conflict("too many concurrent writers; try again".into())
         }
         ExecError::Db(d) => d.into(),
@@ -107,10 +104,8 @@ impl Clock {
 pub enum StreamLock {
     /// Wait for the stream's writer lock (commands).
     Wait,
-    /// Give up at once if another writer holds it (the claim, which holds queue row
-    /// locks and must never wait behind a writer that waits for those rows).
-    Try,
-    /// The caller's transaction holds it already.
+    /// The caller's transaction holds it already (execute, and the claim, which
+    /// takes the first free one of its ranked jobs' locks without waiting).
     Held,
 }
 
@@ -127,20 +122,8 @@ pub async fn decide_in<A>(
 where
     A: Aggregate<Services = ()> + Stream + 'static,
 {
-    let lock_key = stream_lock_key::<A>(aggregate_id);
-    match lock {
-        StreamLock::Held => {}
-        StreamLock::Wait => lock_stream::<A>(conn, aggregate_id).await?,
-        StreamLock::Try => {
-            let got: bool =
-                sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
-                    .bind(&lock_key)
-                    .fetch_one(&mut *conn)
-                    .await?;
-            if !got {
-                return Err(ExecError::Busy);
-            }
-        }
+    if lock == StreamLock::Wait {
+        lock_stream::<A>(conn, aggregate_id).await?;
     }
     let mut aggregate: A = log::load(conn, aggregate_id).await?;
     let before = aggregate.version();
@@ -206,7 +189,7 @@ async fn lock_stream<A: Aggregate>(
 }
 
 /// The advisory-lock key of `A`'s stream `aggregate_id`.
-fn stream_lock_key<A: Aggregate>(aggregate_id: &str) -> String {
+pub fn stream_lock_key<A: Aggregate>(aggregate_id: &str) -> String {
     format!("{}/{}", A::TYPE, aggregate_id)
 }
 

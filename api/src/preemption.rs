@@ -178,7 +178,7 @@ pub async fn preemption_round(state: &AppState) -> Result<usize, anyhow::Error> 
             }
             // The fleet moved between reading and deciding (the victim ended, the
             // critical job was claimed): try again next round.
-            Err(ExecError::Domain(_)) | Err(ExecError::Conflict(_)) | Err(ExecError::Busy) => {
+            Err(ExecError::Domain(_)) | Err(ExecError::Conflict(_)) => {
                 tx.rollback().await?;
                 break;
             }

@@ -1,6 +1,6 @@
 //! Feeding the pure scheduler from the read models: the bounded candidate set, the
-//! running counts for fairness and each product's resolved weights. The claim (with
-//! row locks) and the explain endpoint (without) share it.
+//! running counts for fairness and each product's resolved weights. The claim and the
+//! explain endpoint share it.
 
 use crate::error::ApiError;
 use chrono::{DateTime, Utc};
@@ -45,18 +45,8 @@ pub async fn rank_for_factory(
     request: Option<&WeightOverrides>,
     now: DateTime<Utc>,
     per_set: i64,
-    lock: bool,
 ) -> Result<Vec<Pick>, ApiError> {
-    let rows = jobs::candidates(
-        conn,
-        products,
-        capabilities,
-        factory_id.0,
-        now,
-        per_set,
-        lock,
-    )
-    .await?;
+    let rows = jobs::candidates(conn, products, capabilities, factory_id.0, now, per_set).await?;
     let running: BTreeMap<ProductId, u32> = jobs::running_by_product(conn, products)
         .await?
         .into_iter()

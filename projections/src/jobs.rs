@@ -232,9 +232,11 @@ pub struct CandidateRow {
 }
 
 /// The claim's bounded candidate set for one factory: the best `per_set` queued,
-/// available jobs of `products` it may run by priority, ∪ the oldest `per_set` (a
-/// starving job is always seen), ∪ those whose checkpoint it holds (affinity).
-/// `lock`: `FOR UPDATE SKIP LOCKED` (the claim) or no lock (explain).
+/// available jobs of each of `products` it may run by priority, ∪ the oldest
+/// `per_set` of each (a starving job is always seen), ∪ those whose checkpoint it
+/// holds (affinity). One statement, no row locks: the claim then takes the stream
+/// lock of the best one no other claimer holds, and the job aggregate has the last
+/// word. Each set is read per product from an index in the set's order (migration 8).
 pub async fn candidates(
     conn: &mut PgConnection,
     products: &[String],
@@ -242,10 +244,7 @@ pub async fn candidates(
     factory_id: Uuid,
     now: DateTime<Utc>,
     per_set: i64,
-    lock: bool,
 ) -> Result<Vec<CandidateRow>, sqlx::Error> {
-    let lock = if lock { "FOR UPDATE SKIP LOCKED" } else { "" };
-    // Each set is read per product, from an index in the set's order (migration 8).
     let filters = "j.stage = 'queued' AND j.required_capabilities <@ $2
            AND (j.available_at IS NULL OR j.available_at <= $3)
            AND (j.nominated_until IS NULL OR j.nominated_until <= $3 OR j.nominated_factory_id = $5)";
@@ -256,40 +255,37 @@ pub async fn candidates(
             "SELECT c.* FROM unnest($1::text[]) AS p(product_id) CROSS JOIN LATERAL (
                  SELECT {columns} FROM job_view j
                  WHERE j.product_id = p.product_id AND {filters}
-                 ORDER BY {order} LIMIT $4 {lock}) AS c"
+                 ORDER BY {order} LIMIT $4) AS c"
         )
     };
-    let sets = [
+    let sql = format!(
+        "({}) UNION ALL ({}) UNION ALL (
+             SELECT {columns} FROM job_view j
+             WHERE j.affinity_factory_id = $5 AND j.product_id = ANY($1) AND {filters}
+             ORDER BY j.created_at, j.job_id LIMIT $4)",
         per_product("j.priority_rank, j.created_at, j.job_id"),
         per_product("j.created_at, j.job_id"),
-        format!(
-            "SELECT {columns} FROM job_view j
-             WHERE j.affinity_factory_id = $5 AND j.product_id = ANY($1) AND {filters}
-             ORDER BY j.created_at, j.job_id LIMIT $4 {lock}"
-        ),
-    ];
-    let mut out: Vec<CandidateRow> = Vec::new();
-    for sql in &sets {
-        let rows = sqlx::query(sql)
-            .bind(products)
-            .bind(capabilities)
-            .bind(now)
-            .bind(per_set)
-            .bind(factory_id)
-            .fetch_all(&mut *conn)
-            .await?;
-        for r in rows {
-            let job_id: Uuid = r.get("job_id");
-            if out.iter().all(|c| c.job_id != job_id) {
-                out.push(CandidateRow {
-                    job_id,
-                    product_id: r.get("product_id"),
-                    priority: r.get("priority"),
-                    created_at: r.get("created_at"),
-                    required_capabilities: r.get("required_capabilities"),
-                    affinity_factory_id: r.get("affinity_factory_id"),
-                });
-            }
+    );
+    let rows = sqlx::query(&sql)
+        .bind(products)
+        .bind(capabilities)
+        .bind(now)
+        .bind(per_set)
+        .bind(factory_id)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut out: Vec<CandidateRow> = Vec::with_capacity(rows.len());
+    for r in rows {
+        let job_id: Uuid = r.get("job_id");
+        if out.iter().all(|c| c.job_id != job_id) {
+            out.push(CandidateRow {
+                job_id,
+                product_id: r.get("product_id"),
+                priority: r.get("priority"),
+                created_at: r.get("created_at"),
+                required_capabilities: r.get("required_capabilities"),
+                affinity_factory_id: r.get("affinity_factory_id"),
+            });
         }
     }
     Ok(out)

@@ -124,7 +124,6 @@ pub async fn explain(
         None,
         now,
         limit,
-        false,
     )
     .await?;
     let candidates: Vec<Value> = ranked
