@@ -17,15 +17,30 @@ use tokio::task::JoinHandle;
 /// How often the log worker looks for work without a wake-up.
 const LOG_TICK: Duration = Duration::from_millis(200);
 
-/// Starts the listener, the log worker (sequencer + projector), the sweeper and the
-/// notifier.
+/// Starts the listener, the log worker (sequencer + projector), the sweeper, the
+/// notifier and the table maintainer.
 pub fn spawn(state: &AppState) -> Vec<JoinHandle<()>> {
     vec![
         tokio::spawn(listen(state.clone())),
         tokio::spawn(log_worker(state.clone())),
         tokio::spawn(sweeper(state.clone())),
         tokio::spawn(notifier(state.clone())),
+        tokio::spawn(maintainer(state.clone())),
     ]
+}
+
+/// Analyses and vacuums the busy tables when autovacuum has not (its own task: a
+/// vacuum must not delay the lease sweeper).
+async fn maintainer(state: AppState) {
+    loop {
+        if let Err(e) = crate::statistics::refresh(&state.pool).await {
+            tracing::warn!(error = %e, "table maintenance failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(state.settings.sweep_interval) => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// Tells the other processes about commits, one NOTIFY for however many commits
@@ -122,8 +137,8 @@ pub async fn catch_up(state: &AppState) -> Result<(), anyhow::Error> {
     }
 }
 
-/// Ends expired leases, releases the leases of revoked factories, runs the
-/// preemption coordinator and keeps the busy tables' statistics fresh.
+/// Ends expired leases, releases the leases of revoked factories, and runs the
+/// preemption coordinator.
 async fn sweeper(state: AppState) {
     let mut last_orphan_sweep = std::time::Instant::now();
     loop {
@@ -132,9 +147,6 @@ async fn sweeper(state: AppState) {
             if let Err(e) = crate::artifacts::sweep_orphans(&state).await {
                 tracing::warn!(error = %e, "artifact orphan sweep failed");
             }
-        }
-        if let Err(e) = crate::statistics::refresh(&state.pool).await {
-            tracing::warn!(error = %e, "statistics refresh failed");
         }
         if let Err(e) = sweep(&state).await {
             tracing::warn!(error = %e, "lease sweeper failed a round");

@@ -11,9 +11,12 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
 /// A pool whose connections name this process (`gigafactory-<pid>`), so a process
 /// can tell its own sessions from other `serve` processes' on a shared server.
+/// JIT is off: our statements are short, and a plan misestimated past
+/// `jit_above_cost` (a table not yet analysed) spent 100+ ms compiling.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     let options = PgConnectOptions::from_str(url)?
-        .application_name(&format!("gigafactory-{}", std::process::id()));
+        .application_name(&format!("gigafactory-{}", std::process::id()))
+        .options([("jit", "off")]);
     PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(1)

@@ -245,7 +245,10 @@ pub async fn candidates(
     now: DateTime<Utc>,
     per_set: i64,
 ) -> Result<Vec<CandidateRow>, sqlx::Error> {
-    let filters = "j.stage = 'queued' AND j.required_capabilities <@ $2
+    // `= '{}' OR`: the planner estimates `<@` far too selective (and would sort a
+    // sequential scan); most jobs need no capability, which the statistics know.
+    let filters = "j.stage = 'queued'
+           AND (j.required_capabilities = '{}' OR j.required_capabilities <@ $2)
            AND (j.available_at IS NULL OR j.available_at <= $3)
            AND (j.nominated_until IS NULL OR j.nominated_until <= $3 OR j.nominated_factory_id = $5)";
     let columns = "j.job_id, j.product_id, j.priority, j.created_at, j.required_capabilities,

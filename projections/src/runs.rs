@@ -180,7 +180,7 @@ async fn end_older(
                                last_sequence = u.seq
          FROM unnest($1::uuid[], $2::text[], $3::float8[], $4::timestamptz[], $5::bigint[])
               AS u(run_id, outcome, cost, at, seq)
-         WHERE r.run_id = u.run_id AND r.last_sequence < u.seq",
+         WHERE r.run_id = ANY($1) AND r.run_id = u.run_id AND r.last_sequence < u.seq",
     )
     .bind(ends.keys().copied().collect::<Vec<_>>())
     .bind(
@@ -206,7 +206,8 @@ async fn cancel_open(
     sqlx::query(
         "UPDATE run_view r SET outcome = 'cancelled', ended_at = u.at, last_sequence = u.seq
          FROM unnest($1::uuid[], $2::timestamptz[], $3::bigint[]) AS u(job_id, at, seq)
-         WHERE r.job_id = u.job_id AND r.outcome = 'running' AND r.last_sequence < u.seq",
+         WHERE r.job_id = ANY($1) AND r.job_id = u.job_id AND r.outcome = 'running'
+           AND r.last_sequence < u.seq",
     )
     .bind(cancels.iter().map(|c| c.0).collect::<Vec<_>>())
     .bind(cancels.iter().map(|c| c.1).collect::<Vec<_>>())
