@@ -4,6 +4,7 @@ use crate::background;
 use crate::routes;
 use axum::Router;
 use sqlx::PgPool;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -59,8 +60,13 @@ pub struct AppState {
     pub pool: PgPool,
     /// SHA-256 (hex) of the admin token, if one is configured.
     pub admin_token_hash: Option<String>,
-    /// Woken whenever any process commits events: claim long polls wait on it.
+    /// Claim long polls wait on it. Each commit wakes one waiting claim, which hands
+    /// the wake-up on after its attempt (see `routes::leases::claim`): an idle fleet
+    /// does not stampede the database for every new job.
     pub wake: Arc<Notify>,
+    /// Counts commits seen (here or, through LISTEN, in other processes): a claim
+    /// that already looked since the last one passes no wake-up on.
+    pub commits: Arc<AtomicU64>,
     /// Wakes the log worker (sequencer + projector).
     pub log_wake: Arc<Notify>,
     /// Woken after each log-worker round: new positions may be readable (streams).
@@ -82,6 +88,7 @@ impl AppState {
             pool,
             admin_token_hash,
             wake: Arc::new(Notify::new()),
+            commits: Arc::new(AtomicU64::new(0)),
             log_wake: Arc::new(Notify::new()),
             positioned: Arc::new(Notify::new()),
             notify_others: Arc::new(Notify::new()),
@@ -107,8 +114,11 @@ impl AppState {
         self.notify_others.notify_one();
     }
 
+    /// Something may have become claimable or projectable: wake a waiting claim and
+    /// the log worker.
     pub fn wake_all(&self) {
-        self.wake.notify_waiters();
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        self.wake.notify_one();
         self.log_wake.notify_one();
     }
 }

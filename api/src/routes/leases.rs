@@ -24,6 +24,7 @@ use gigafactory_domain::FactoryId;
 use rand::Rng;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -74,32 +75,54 @@ pub async fn claim(
         ));
     }
     let deadline = Instant::now() + Duration::from_millis(body.wait_ms);
+    // Wake-ups are handed from claim to claim: a commit wakes one waiting claim; one
+    // that finds a job passes the wake-up on (there may be more), one that finds
+    // nothing passes it on too (the job may be for another factory), unless it had
+    // already looked since the last commit — then every waiter has.
+    let mut looked_at: Option<u64> = None;
+    let mut handed_on = false;
     loop {
         // Register for wake-ups before looking, so a commit in between is not missed.
         let woken = state.wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let attempt_started = std::time::Instant::now();
-        let found = claim_next_job(
-            &state,
-            factory_id,
-            body.product_ids.as_deref(),
-            weights.as_ref(),
-            ttl,
-        )
-        .await?;
-        metrics::histogram!("gigafactory_claim_duration_seconds")
-            .record(attempt_started.elapsed().as_secs_f64());
-        if let Some(c) = found {
-            let lease = c.job.lease.as_ref().expect("a granted job holds a lease");
-            let body = json!({
-                "job": views::job(&c.job),
-                "lease": {"epoch": lease.epoch, "expiresAt": views::time(lease.expires_at)},
-                "runId": lease.run_id.to_string(),
-                "breakdown": c.breakdown,
-            });
-            metrics::counter!("gigafactory_claims_total", "outcome" => "granted").increment(1);
-            return Ok(Json(body).into_response());
+        let commits = state.commits.load(Ordering::SeqCst);
+        if !(handed_on && looked_at == Some(commits)) {
+            looked_at = Some(commits);
+            let attempt_started = std::time::Instant::now();
+            let found = claim_next_job(
+                &state,
+                factory_id,
+                body.product_ids.as_deref(),
+                weights.as_ref(),
+                ttl,
+            )
+            .await;
+            metrics::histogram!("gigafactory_claim_duration_seconds")
+                .record(attempt_started.elapsed().as_secs_f64());
+            let found = match found {
+                Ok(found) => found,
+                Err(e) => {
+                    if handed_on {
+                        state.wake.notify_one();
+                    }
+                    return Err(e);
+                }
+            };
+            if handed_on || found.is_some() {
+                state.wake.notify_one();
+            }
+            if let Some(c) = found {
+                let lease = c.job.lease.as_ref().expect("a granted job holds a lease");
+                let body = json!({
+                    "job": views::job(&c.job),
+                    "lease": {"epoch": lease.epoch, "expiresAt": views::time(lease.expires_at)},
+                    "runId": lease.run_id.to_string(),
+                    "breakdown": c.breakdown,
+                });
+                metrics::counter!("gigafactory_claims_total", "outcome" => "granted").increment(1);
+                return Ok(Json(body).into_response());
+            }
         }
         let now = Instant::now();
         if now >= deadline || state.shutdown.is_cancelled() {
@@ -108,8 +131,8 @@ pub async fn claim(
         }
         let nap = (deadline - now).min(RECHECK);
         tokio::select! {
-            _ = woken => {}
-            _ = tokio::time::sleep(nap) => {}
+            _ = woken => handed_on = true,
+            _ = tokio::time::sleep(nap) => handed_on = false,
             _ = state.shutdown.cancelled() => return Ok(StatusCode::NO_CONTENT.into_response()),
         }
     }

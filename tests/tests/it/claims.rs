@@ -163,3 +163,72 @@ async fn long_poll_answers_as_soon_as_a_job_arrives() {
         "woken, not timed out"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wake_up_reaches_the_one_idle_factory_that_can_run_the_job() {
+    // Each commit wakes one waiting claim, which hands the wake-up on: a job only
+    // the last of many idle factories may run still reaches it at once (well before
+    // the 500 ms recheck), and a burst of jobs reaches as many factories.
+    let app = spawn_app().await;
+    let op = app.operator(&["p1"]).await;
+    let mut plain = Vec::new();
+    for _ in 0..6 {
+        plain.push(app.enroll(&op, &["p1"], &[], 1).await.1);
+    }
+    let (_, gpu) = app.enroll(&op, &["p1"], &["gpu"], 1).await;
+    let wait = |token: String| {
+        let app = &app;
+        async move {
+            let started = Instant::now();
+            let r = app
+                .post("/fleet/claim", &token, json!({"waitMs": 10000}))
+                .await;
+            (r, started.elapsed())
+        }
+    };
+    let gpu_claim = wait(gpu.clone());
+    let submit = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        app.submit(
+            &op,
+            json!({"productId": "p1", "title": "gpu only", "requiredCapabilities": ["gpu"]}),
+        )
+        .await;
+    };
+    let plain_claims = join_all(plain.iter().cloned().map(|t| {
+        let app = &app;
+        async move { app.post("/fleet/claim", &t, json!({"waitMs": 1500})).await }
+    }));
+    let ((gpu_r, gpu_waited), plain_rs, _) = tokio::join!(gpu_claim, plain_claims, submit);
+    assert_eq!(gpu_r.status, StatusCode::OK, "{:?}", gpu_r.body);
+    assert_eq!(gpu_r.body["job"]["title"], "gpu only");
+    assert!(
+        gpu_waited < Duration::from_millis(300 + 400),
+        "reached the gpu factory through the hand-offs, not the recheck: {gpu_waited:?}"
+    );
+    assert!(plain_rs.iter().all(|r| r.status == StatusCode::NO_CONTENT));
+
+    // A burst: six jobs, six idle factories, each gets one promptly.
+    let burst_started = Instant::now();
+    let claims = join_all(plain.iter().cloned().map(|t| {
+        let app = &app;
+        async move { app.post("/fleet/claim", &t, json!({"waitMs": 10000})).await }
+    }));
+    let submits = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for i in 0..6 {
+            app.submit(
+                &op,
+                json!({"productId": "p1", "title": format!("burst {i}")}),
+            )
+            .await;
+        }
+    };
+    let (claims, _) = tokio::join!(claims, submits);
+    assert!(claims.iter().all(|r| r.status == StatusCode::OK));
+    assert!(
+        burst_started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        burst_started.elapsed()
+    );
+}
