@@ -3,8 +3,9 @@
 use crate::background;
 use crate::routes;
 use axum::Router;
+use gigafactory_projections::EventRecord;
 use sqlx::PgPool;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -73,6 +74,10 @@ pub struct AppState {
     pub positioned: Arc<Notify>,
     /// Asks the notifier to tell the other processes that events were committed.
     pub notify_others: Arc<Notify>,
+    /// Whether a commit since the last NOTIFY may have made work claimable.
+    pub claimable_pending: Arc<AtomicBool>,
+    /// This process's id in NOTIFY payloads (its own notifications are ignored).
+    pub instance: Arc<str>,
     /// Cancelled on SIGTERM: long polls answer 204, workers stop.
     pub shutdown: CancellationToken,
     pub settings: Arc<Settings>,
@@ -92,6 +97,8 @@ impl AppState {
             log_wake: Arc::new(Notify::new()),
             positioned: Arc::new(Notify::new()),
             notify_others: Arc::new(Notify::new()),
+            claimable_pending: Arc::new(AtomicBool::new(false)),
+            instance: uuid::Uuid::new_v4().simple().to_string().into(),
             shutdown: CancellationToken::new(),
             settings: Arc::new(settings),
             clock: crate::commands::Clock::default(),
@@ -105,13 +112,44 @@ impl AppState {
         self
     }
 
-    /// Called after a transaction that appended events committed: wakes this
-    /// process's waiters at once and has the notifier tell the other processes.
+    /// Called after a transaction that appended `events` committed: wakes this
+    /// process's log worker (and a waiting claim, when the events may have made
+    /// work claimable) at once, and has the notifier tell the other processes.
     /// (A NOTIFY inside the appending transaction would serialise every commit on
     /// PostgreSQL's notification-queue lock, held across the commit's WAL flush.)
-    pub fn events_committed(&self) {
+    pub fn events_committed(&self, events: &[EventRecord]) {
+        if events.iter().any(|e| may_free_work(&e.event_type)) {
+            self.work_committed();
+        } else {
+            self.log_wake.notify_one();
+            self.notify_others.notify_one();
+        }
+    }
+
+    /// Called after a commit that may have made work claimable.
+    pub fn work_committed(&self) {
+        self.claimable_pending.store(true, Ordering::SeqCst);
         self.wake_all();
         self.notify_others.notify_one();
+    }
+
+    /// A NOTIFY payload: this process's instance and whether claims should wake.
+    pub fn notify_payload(&self) -> String {
+        let claims = self.claimable_pending.swap(false, Ordering::SeqCst);
+        format!(
+            "{}:{}",
+            self.instance,
+            if claims { "claims" } else { "log" }
+        )
+    }
+
+    /// Reacts to another process's NOTIFY (our own come back too: ignored).
+    pub fn on_notification(&self, payload: &str) {
+        match payload.split_once(':') {
+            Some((instance, _)) if instance == &*self.instance => {}
+            Some((_, "log")) => self.log_wake.notify_one(),
+            _ => self.wake_all(),
+        }
     }
 
     /// Something may have become claimable or projectable: wake a waiting claim and
@@ -165,4 +203,19 @@ impl App {
         }
         result
     }
+}
+
+/// Whether an event of this type may make a job claimable for some factory (a new
+/// or requeued job, a freed slot, a changed priority or flag...). Conservative:
+/// only the types known not to are listed.
+fn may_free_work(event_type: &str) -> bool {
+    !matches!(
+        event_type,
+        "LeaseGranted"
+            | "LeaseRenewed"
+            | "RunProgressed"
+            | "ArtifactAdded"
+            | "ArtifactDeleted"
+            | "PreemptionShadowed"
+    )
 }

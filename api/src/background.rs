@@ -51,7 +51,10 @@ async fn notifier(state: AppState) {
             _ = state.notify_others.notified() => {}
             _ = state.shutdown.cancelled() => return,
         }
-        if let Err(e) = gigafactory_projections::log::notify_committed(&state.pool).await {
+        if let Err(e) =
+            gigafactory_projections::log::notify_committed(&state.pool, &state.notify_payload())
+                .await
+        {
             tracing::warn!(error = %e, "could not notify the other processes");
         }
     }
@@ -67,7 +70,7 @@ async fn listen(state: AppState) {
             state.wake_all();
             loop {
                 tokio::select! {
-                    n = listener.recv() => { n?; state.wake_all(); }
+                    n = listener.recv() => state.on_notification(n?.payload()),
                     _ = state.shutdown.cancelled() => return Ok::<_, sqlx::Error>(()),
                 }
             }

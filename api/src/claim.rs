@@ -96,7 +96,7 @@ pub async fn claim_next_job(
             match decide_in::<Job>(&mut tx, &stream, command, StreamLock::Held).await {
                 Ok(Executed { aggregate, events }) if !events.is_empty() => {
                     tx.commit().await?;
-                    state.events_committed();
+                    state.events_committed(&events);
                     tracing::info!(job_id = %pick.job.job_id, factory_id = %factory_id, score = pick.breakdown.total, "lease granted");
                     return Ok(Some(Claimed {
                         job: aggregate,

@@ -218,7 +218,7 @@ where
                     tx.rollback().await?;
                 } else {
                     tx.commit().await?;
-                    state.events_committed();
+                    state.events_committed(&done.events);
                 }
                 return Ok(done);
             }

@@ -158,7 +158,7 @@ pub async fn preemption_round(state: &AppState) -> Result<usize, anyhow::Error> 
             Ok(appended) => {
                 tx.commit().await?;
                 if appended {
-                    state.events_committed();
+                    state.work_committed();
                 }
                 if mode == FlagMode::Shadow {
                     shadowed.push((decision.for_job, decision.evict));

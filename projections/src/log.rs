@@ -156,9 +156,10 @@ pub async fn append(
 
 /// Tells every listening process that events were committed (a transaction of its
 /// own: it takes the notification-queue lock only for a moment and writes no WAL).
-pub async fn notify_committed(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_notify($1, '')")
+pub async fn notify_committed(pool: &PgPool, payload: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, $2)")
         .bind(EVENTS_CHANNEL)
+        .bind(payload)
         .execute(pool)
         .await?;
     Ok(())
