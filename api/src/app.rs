@@ -205,14 +205,18 @@ impl App {
     }
 }
 
-/// Whether an event of this type may make a job claimable for some factory (a new
-/// or requeued job, a freed slot, a changed priority or flag...). Conservative:
-/// only the types known not to are listed.
+/// Whether an event of this type may make a job claimable for another factory (a
+/// new or requeued job, a changed priority or flag...). Conservative: only the
+/// types known not to are listed. A succeeded run frees only its own factory's
+/// slot, and that factory is the one reporting (a claim of its own already waiting
+/// at capacity looks again within the 500 ms recheck).
 fn may_free_work(event_type: &str) -> bool {
     !matches!(
         event_type,
         "LeaseGranted"
             | "LeaseRenewed"
+            | "RunSucceeded"
+            | "JobShipped"
             | "RunProgressed"
             | "ArtifactAdded"
             | "ArtifactDeleted"

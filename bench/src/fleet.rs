@@ -258,7 +258,7 @@ pub async fn idle_enqueue_to_claim(
             };
             latencies.push(ms(claimed - sent));
             // The factory reports and long-polls again: the fleet is idle again.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         anyhow::Ok(())
     }
