@@ -103,18 +103,23 @@ pub async fn replay(pool: &PgPool, swap: bool) -> anyhow::Result<bool> {
     });
     let started = std::time::Instant::now();
     let mut last_line = std::time::Instant::now();
-    let applied = replay::rebuild_into(pool, schema, 2_000, |done, head| match &bar {
-        Some(b) => {
-            b.set_length(head.max(0) as u64);
-            b.set_position(done);
-        }
-        None => {
-            if last_line.elapsed().as_secs() >= 5 {
-                eprintln!("replayed {done} of {head} events");
-                last_line = std::time::Instant::now();
+    let applied = replay::rebuild_into(
+        pool,
+        schema,
+        replay::REPLAY_BATCH,
+        |done, head| match &bar {
+            Some(b) => {
+                b.set_length(head.max(0) as u64);
+                b.set_position(done);
             }
-        }
-    })
+            None => {
+                if last_line.elapsed().as_secs() >= 5 {
+                    eprintln!("replayed {done} of {head} events");
+                    last_line = std::time::Instant::now();
+                }
+            }
+        },
+    )
     .await?;
     if let Some(b) = &bar {
         b.finish_and_clear();

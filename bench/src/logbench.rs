@@ -65,7 +65,8 @@ pub async fn measure(database_url: &str, events: i64) -> anyhow::Result<LogFigur
     );
 
     let t = Instant::now();
-    let replayed = replay::rebuild_into(&pool, "gf_bench_replay", 5_000, |_, _| {}).await?;
+    let replayed =
+        replay::rebuild_into(&pool, "gf_bench_replay", replay::REPLAY_BATCH, |_, _| {}).await?;
     let replay_secs = t.elapsed().as_secs_f64();
     pool.close().await;
     Ok(LogFigures {

@@ -8,7 +8,13 @@ use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 pub async fn apply(conn: &mut PgConnection, event: &EventRecord) -> Result<(), ProjectionError> {
-    if event.aggregate_type != Job::TYPE {
+    // Most job events are not about artifacts: skip them without decoding.
+    if event.aggregate_type != Job::TYPE
+        || !matches!(
+            event.event_type.as_str(),
+            "ArtifactAdded" | "ArtifactDeleted"
+        )
+    {
         return Ok(());
     }
     match event.decode::<Job>()? {

@@ -66,11 +66,14 @@ pub struct EventRecord {
 impl EventRecord {
     /// Deserialises the payload as aggregate `A`'s event.
     pub fn decode<A: Aggregate>(&self) -> Result<A::Event, ProjectionError> {
-        serde_json::from_value(self.payload.clone()).map_err(|source| ProjectionError::Payload {
-            event_type: self.event_type.clone(),
-            aggregate_id: self.aggregate_id.clone(),
-            sequence: self.sequence,
-            source,
+        // Deserialised from a borrow: no copy of the payload.
+        <A::Event as serde::Deserialize>::deserialize(&self.payload).map_err(|source| {
+            ProjectionError::Payload {
+                event_type: self.event_type.clone(),
+                aggregate_id: self.aggregate_id.clone(),
+                sequence: self.sequence,
+                source,
+            }
         })
     }
 }
@@ -215,8 +218,9 @@ pub async fn assign_positions(pool: &PgPool, max_batch: i32) -> Result<i64, sqlx
 /// Who may see an event: `None` = every product (`*`), else these products.
 pub type Scope<'a> = Option<&'a [String]>;
 
+// `payload` as stored (json text): parsed once, by serde, not first into jsonb.
 const RECORD_COLUMNS: &str = "id, position, aggregate_type, aggregate_id, sequence, event_type,
-     payload::jsonb AS payload, recorded_at, product_id, visible_to";
+     payload, recorded_at, product_id, visible_to";
 
 fn record(row: &sqlx::postgres::PgRow) -> EventRecord {
     EventRecord {

@@ -6,12 +6,13 @@
 //! reading the log from `public.events`. Liveness (`factory_liveness`) is not history:
 //! it is neither rebuilt nor compared.
 
-use crate::log::read_after;
-use crate::projector::PROJECTIONS;
+use crate::log::{read_after, EventRecord};
+use crate::projector::{Projection, PROJECTIONS};
 use crate::ProjectionError;
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::{PgPool, Row};
+use std::sync::Arc;
 
 /// Every log-built table and its key columns.
 pub fn tables() -> Vec<(&'static str, &'static [&'static str])> {
@@ -65,12 +66,38 @@ pub async fn rebuild_into(
     sqlx::query(&format!("CREATE SCHEMA {schema}"))
         .execute(&mut *conn)
         .await?;
+    // The keys now (upserts need them), the other indexes once the rows are in:
+    // building an index once is far cheaper than maintaining it row by row.
+    let mut deferred = Vec::new();
     for (table, _) in tables() {
         sqlx::query(&format!(
-            "CREATE TABLE {schema}.{table} (LIKE public.{table} INCLUDING ALL)"
+            "CREATE TABLE {schema}.{table} (LIKE public.{table} INCLUDING ALL EXCLUDING INDEXES)"
         ))
         .execute(&mut *conn)
         .await?;
+        for index in indexes_of(&mut conn, table).await? {
+            let create = index.definition.replacen(
+                &format!(" ON public.{table} "),
+                &format!(" ON {schema}.{table} "),
+                1,
+            );
+            let name = &index.name;
+            match index.constraint.as_deref() {
+                Some(kind @ ("p" | "u")) => {
+                    let kind = if kind == "p" { "PRIMARY KEY" } else { "UNIQUE" };
+                    sqlx::query(&create).execute(&mut *conn).await?;
+                    sqlx::query(&format!(
+                        "ALTER TABLE {schema}.{table} ADD CONSTRAINT {name} {kind} USING INDEX {name}"
+                    ))
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                _ if index.unique => {
+                    sqlx::query(&create).execute(&mut *conn).await?;
+                }
+                _ => deferred.push(create),
+            }
+        }
     }
     // How far the rebuild got (the swap goes on from there).
     sqlx::query(&format!(
@@ -85,30 +112,141 @@ pub async fn rebuild_into(
         .fetch_one(&mut *conn)
         .await?;
     drop(conn);
-    let mut after = 0;
+    // A reader fetches the next batch while the current one is applied.
+    let (batches, mut next) = tokio::sync::mpsc::channel(2);
+    let reader = tokio::spawn(read_batches(pool.clone(), batch, batches));
     let mut applied = 0u64;
-    loop {
-        let mut tx = pool.begin().await?;
-        sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
-            .execute(&mut *tx)
-            .await?;
-        let events = read_after(&mut tx, after, batch, None).await?;
-        let Some(last) = events.last().and_then(|e| e.position) else {
-            break;
-        };
-        for p in PROJECTIONS {
-            p.apply_batch(&mut tx, &events).await?;
+    while let Some(events) = next.recv().await {
+        let events: Arc<Vec<EventRecord>> = Arc::new(events?);
+        let last = events
+            .last()
+            .and_then(|e| e.position)
+            .expect("batches are positioned and not empty");
+        // The read models are independent: each group applies the batch on its own
+        // connection at the same time (every apply is idempotent, so a crash between
+        // the groups' commits and the mark only means some events apply twice).
+        let mut groups = Vec::new();
+        for group in PARALLEL_GROUPS {
+            let (pool, events, schema) = (pool.clone(), events.clone(), schema.to_string());
+            groups.push(tokio::spawn(async move {
+                let mut tx = pool.begin().await?;
+                sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
+                    .execute(&mut *tx)
+                    .await?;
+                for p in group {
+                    p.apply_batch(&mut tx, &events).await?;
+                }
+                tx.commit().await?;
+                Ok::<_, ProjectionError>(())
+            }));
+        }
+        for group in groups {
+            group.await.map_err(|e| {
+                ProjectionError::Db(sqlx::Error::Protocol(format!("replay task failed: {e}")))
+            })??;
         }
         sqlx::query(&format!("UPDATE {schema}.gf_replay_mark SET value = $1"))
             .bind(last)
-            .execute(&mut *tx)
+            .execute(pool)
             .await?;
-        tx.commit().await?;
-        after = last;
         applied += events.len() as u64;
-        progress(applied, head.max(after));
+        progress(applied, head.max(last));
+    }
+    reader.await.map_err(|e| {
+        ProjectionError::Db(sqlx::Error::Protocol(format!("replay reader failed: {e}")))
+    })?;
+    let mut conn = pool.acquire().await?;
+    for create in deferred {
+        sqlx::query(&create).execute(&mut *conn).await?;
     }
     Ok(applied)
+}
+
+/// How many events a replay reads and applies at a time.
+pub const REPLAY_BATCH: i64 = 5_000;
+
+/// The read models a replay applies side by side (every projection in one group).
+const PARALLEL_GROUPS: [&[Projection]; 3] = [
+    &[Projection::Jobs],
+    &[Projection::Timeline],
+    &[
+        Projection::Runs,
+        Projection::Factories,
+        Projection::Credentials,
+        Projection::Settings,
+        Projection::Flags,
+        Projection::Artifacts,
+    ],
+];
+
+/// Reads the positioned log in batches into `out` until the end (or an error, which
+/// it sends on; or until the receiver is gone).
+async fn read_batches(
+    pool: PgPool,
+    batch: i64,
+    out: tokio::sync::mpsc::Sender<Result<Vec<EventRecord>, sqlx::Error>>,
+) {
+    let mut conn = match pool.acquire().await {
+        Ok(conn) => conn,
+        Err(e) => {
+            let _ = out.send(Err(e)).await;
+            return;
+        }
+    };
+    let mut after = 0;
+    loop {
+        match read_after(&mut conn, after, batch, None).await {
+            Ok(events) => {
+                let Some(last) = events.last().and_then(|e| e.position) else {
+                    return;
+                };
+                after = last;
+                if out.send(Ok(events)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = out.send(Err(e)).await;
+                return;
+            }
+        }
+    }
+}
+
+/// An index of a live read-model table, as `CREATE INDEX` text.
+struct IndexDef {
+    name: String,
+    definition: String,
+    unique: bool,
+    /// `p` (primary key) or `u` (unique constraint) when a constraint owns it.
+    constraint: Option<String>,
+}
+
+async fn indexes_of(
+    conn: &mut sqlx::PgConnection,
+    table: &str,
+) -> Result<Vec<IndexDef>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT c.relname::text AS name, pg_get_indexdef(i.indexrelid) AS definition,
+                i.indisunique AS is_unique, con.contype::text AS constraint_kind
+         FROM pg_index i
+         JOIN pg_class c ON c.oid = i.indexrelid
+         LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.contype IN ('p', 'u')
+         WHERE i.indrelid = ('public.' || $1)::regclass
+         ORDER BY c.relname",
+    )
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| IndexDef {
+            name: r.get("name"),
+            definition: r.get("definition"),
+            unique: r.get("is_unique"),
+            constraint: r.get("constraint_kind"),
+        })
+        .collect())
 }
 
 /// Compares the live read models with those in `schema`, row for row.
@@ -223,4 +361,17 @@ pub async fn swap(pool: &PgPool, schema: &str) -> Result<(), ProjectionError> {
         .await?;
     tx.commit().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod parallel_groups_tests {
+    use super::{PARALLEL_GROUPS, PROJECTIONS};
+
+    #[test]
+    fn every_projection_is_replayed_by_exactly_one_group() {
+        for p in PROJECTIONS {
+            let groups = PARALLEL_GROUPS.iter().filter(|g| g.contains(&p)).count();
+            assert_eq!(groups, 1, "{}", p.name());
+        }
+    }
 }

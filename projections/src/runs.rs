@@ -47,7 +47,21 @@ pub async fn apply_batch(
     let mut index: HashMap<Uuid, usize> = HashMap::new();
     let mut ends: HashMap<Uuid, RunEnd> = HashMap::new();
     let mut cancels: Vec<(Uuid, DateTime<Utc>, i64)> = Vec::new();
-    for event in events.iter().filter(|e| e.aggregate_type == Job::TYPE) {
+    // Only these job events touch runs: the others are skipped without decoding.
+    const RUN_EVENTS: [&str; 8] = [
+        "LeaseGranted",
+        "RunSucceeded",
+        "RunFailed",
+        "LeaseExpired",
+        "LeaseReleased",
+        "LeasePreempted",
+        "LeaseRevoked",
+        "JobCancelled",
+    ];
+    for event in events
+        .iter()
+        .filter(|e| e.aggregate_type == Job::TYPE && RUN_EVENTS.contains(&e.event_type.as_str()))
+    {
         let job_id = crate::jobs::job_id_of(&event.aggregate_id);
         let seq = event.sequence;
         let (run_id, outcome, cost_usd, at) = match event.decode::<Job>()? {

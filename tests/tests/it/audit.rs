@@ -372,8 +372,27 @@ async fn replay_proves_the_read_models_and_names_a_corrupted_row() {
     assert_eq!(diffs[0].column.as_deref(), Some("title"));
     assert_eq!(diffs[0].live, "corrupted");
 
-    // --swap puts the log's truth back.
+    // --swap puts the log's truth back, with every index and key of the live table.
+    let indexes = "SELECT string_agg(indexname || ' ' || indexdef, '; ' ORDER BY indexname)
+                   FROM pg_indexes WHERE schemaname = 'public' AND tablename = 'job_view'";
+    let before: String = sqlx::query_scalar(indexes)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
     replay::swap(&app.pool, &schema).await.unwrap();
+    let after: String = sqlx::query_scalar(indexes)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(before, after);
+    let primary_key: String = sqlx::query_scalar(
+        "SELECT conname::text FROM pg_constraint
+         WHERE conrelid = 'public.job_view'::regclass AND contype = 'p'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(primary_key, "job_view_pkey");
     let title: String = sqlx::query_scalar("SELECT title FROM job_view WHERE job_id = $1")
         .bind(job_id)
         .fetch_one(&app.pool)
