@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use gigafactory_domain::job::{Job, JobCommand};
 use gigafactory_domain::scheduler::{Breakdown, WeightOverrides};
 use gigafactory_domain::{FactoryId, RunId};
-use gigafactory_projections::{factories, jobs};
+use gigafactory_projections::factories;
 use uuid::Uuid;
 
 const MAX_CLAIM_RETRIES: usize = 20;
@@ -44,9 +44,13 @@ pub async fn claim_next_job(
     for attempt in 0..MAX_CLAIM_RETRIES {
         let mut tx = state.pool.begin().await?;
         let now = state.clock.now(&mut tx).await?;
-        let factory = factories::get(&mut tx, factory_id.0, true)
+        let factories::ClaimingFactory {
+            factory,
+            live_leases,
+            nominated,
+        } = factories::for_claim(&mut tx, factory_id.0, now)
             .await?
-            .filter(|f| f.status == "active")
+            .filter(|c| c.factory.status == "active")
             .ok_or(ApiError::Unauthorized)?;
         let products: Vec<String> = factory
             .product_ids
@@ -54,13 +58,9 @@ pub async fn claim_next_job(
             .filter(|p| requested_products.is_none_or(|r| r.contains(p)))
             .cloned()
             .collect();
-        if products.is_empty() {
+        if products.is_empty() || live_leases >= i64::from(factory.capacity) {
             return Ok(None);
         }
-        if jobs::lease_count(&mut tx, factory_id.0, now).await? >= i64::from(factory.capacity) {
-            return Ok(None);
-        }
-        let nominated = jobs::nominated_for(&mut tx, factory_id.0, now).await?;
         let mut ranked = rank_for_factory(
             &mut tx,
             factory_id,

@@ -102,10 +102,49 @@ fn row(r: &sqlx::postgres::PgRow) -> FactoryRow {
     }
 }
 
-const SELECT: &str =
-    "SELECT f.factory_id, f.name, f.product_ids, f.capabilities, f.capacity, f.status,
-        l.last_heartbeat_at, extract(epoch FROM now() - l.last_heartbeat_at)::float8 AS age
-     FROM factory_view f LEFT JOIN factory_liveness l USING (factory_id)";
+const COLUMNS: &str = "SELECT f.factory_id, f.name, f.product_ids, f.capabilities, f.capacity,
+        f.status, l.last_heartbeat_at,
+        extract(epoch FROM now() - l.last_heartbeat_at)::float8 AS age";
+const FROM: &str = " FROM factory_view f LEFT JOIN factory_liveness l USING (factory_id)";
+
+/// A factory about to claim: its row (locked), its live leases and the queued job a
+/// preemption reserved a slot of it for, if the reservation is still live.
+pub struct ClaimingFactory {
+    pub factory: FactoryRow,
+    /// Leases not yet expired (an expired lease, swept or not, frees its slot: the
+    /// holder can no longer write on it).
+    pub live_leases: i64,
+    pub nominated: Option<Uuid>,
+}
+
+/// Loads a factory for a claim in one round trip, taking its row lock (one
+/// factory's claims take turns, so it never exceeds its capacity).
+pub async fn for_claim(
+    conn: &mut PgConnection,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Option<ClaimingFactory>, sqlx::Error> {
+    let sql = format!(
+        "{COLUMNS},
+            (SELECT count(*) FROM job_view j
+             WHERE j.lease_factory_id = f.factory_id AND j.lease_expires_at > $2) AS live_leases,
+            (SELECT j.job_id FROM job_view j
+             WHERE j.nominated_factory_id = f.factory_id AND j.nominated_until > $2
+               AND j.stage = 'queued'
+             ORDER BY j.nominated_until LIMIT 1) AS nominated
+         {FROM} WHERE f.factory_id = $1 FOR UPDATE OF f"
+    );
+    Ok(sqlx::query(&sql)
+        .bind(id)
+        .bind(now)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| ClaimingFactory {
+            factory: row(&r),
+            live_leases: r.get("live_leases"),
+            nominated: r.get("nominated"),
+        }))
+}
 
 /// One factory; `lock` takes its row lock (serialises one factory's claims so it
 /// never exceeds its capacity).
@@ -115,9 +154,9 @@ pub async fn get(
     lock: bool,
 ) -> Result<Option<FactoryRow>, sqlx::Error> {
     let sql = if lock {
-        format!("{SELECT} WHERE f.factory_id = $1 FOR UPDATE OF f")
+        format!("{COLUMNS}{FROM} WHERE f.factory_id = $1 FOR UPDATE OF f")
     } else {
-        format!("{SELECT} WHERE f.factory_id = $1")
+        format!("{COLUMNS}{FROM} WHERE f.factory_id = $1")
     };
     Ok(sqlx::query(&sql)
         .bind(id)
@@ -136,7 +175,7 @@ pub async fn list(
     limit: i64,
 ) -> Result<Vec<FactoryRow>, sqlx::Error> {
     let sql = format!(
-        "{SELECT} WHERE f.status = 'active' AND ($1::text[] IS NULL OR f.product_ids && $1)
+        "{COLUMNS}{FROM} WHERE f.status = 'active' AND ($1::text[] IS NULL OR f.product_ids && $1)
            AND ($2::uuid IS NULL OR f.factory_id > $2)
          ORDER BY f.factory_id LIMIT $3"
     );

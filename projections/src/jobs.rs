@@ -294,24 +294,6 @@ pub async fn candidates(
     Ok(out)
 }
 
-/// The queued job a preemption reserved a slot of this factory for, if the
-/// reservation is still live: the factory takes it before anything else.
-pub async fn nominated_for(
-    conn: &mut PgConnection,
-    factory_id: Uuid,
-    now: DateTime<Utc>,
-) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT job_id FROM job_view
-         WHERE nominated_factory_id = $1 AND nominated_until > $2 AND stage = 'queued'
-         ORDER BY nominated_until LIMIT 1",
-    )
-    .bind(factory_id)
-    .bind(now)
-    .fetch_optional(&mut *conn)
-    .await
-}
-
 /// Running (leased or running) jobs per product, for the fairness term.
 pub async fn running_by_product(
     conn: &mut PgConnection,
@@ -328,22 +310,6 @@ pub async fn running_by_product(
         .iter()
         .map(|r| (r.get("product_id"), r.get("n")))
         .collect())
-}
-
-/// How many live leases a factory holds now (an expired lease, swept or not, frees
-/// its slot: the holder can no longer write on it).
-pub async fn lease_count(
-    conn: &mut PgConnection,
-    factory_id: Uuid,
-    now: DateTime<Utc>,
-) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM job_view WHERE lease_factory_id = $1 AND lease_expires_at > $2",
-    )
-    .bind(factory_id)
-    .bind(now)
-    .fetch_one(&mut *conn)
-    .await
 }
 
 /// A lease as the fleet map shows it.
