@@ -117,33 +117,36 @@ pub struct ClaimingFactory {
     pub nominated: Option<Uuid>,
 }
 
-/// Loads a factory for a claim in one round trip, taking its row lock (one
-/// factory's claims take turns, so it never exceeds its capacity).
+/// Loads a factory for a claim, taking its row lock (one factory's claims take
+/// turns, so it never exceeds its capacity). Two statements on purpose: the leases
+/// are counted by a statement that starts after the lock is held — a count in the
+/// locking statement would use a snapshot from before the wait and miss the lease
+/// the previous claim just committed.
 pub async fn for_claim(
     conn: &mut PgConnection,
     id: Uuid,
     now: DateTime<Utc>,
 ) -> Result<Option<ClaimingFactory>, sqlx::Error> {
-    let sql = format!(
-        "{COLUMNS},
-            (SELECT count(*) FROM job_view j
-             WHERE j.lease_factory_id = f.factory_id AND j.lease_expires_at > $2) AS live_leases,
-            (SELECT j.job_id FROM job_view j
-             WHERE j.nominated_factory_id = f.factory_id AND j.nominated_until > $2
-               AND j.stage = 'queued'
-             ORDER BY j.nominated_until LIMIT 1) AS nominated
-         {FROM} WHERE f.factory_id = $1 FOR UPDATE OF f"
-    );
-    Ok(sqlx::query(&sql)
-        .bind(id)
-        .bind(now)
-        .fetch_optional(&mut *conn)
-        .await?
-        .map(|r| ClaimingFactory {
-            factory: row(&r),
-            live_leases: r.get("live_leases"),
-            nominated: r.get("nominated"),
-        }))
+    let Some(factory) = get(conn, id, true).await? else {
+        return Ok(None);
+    };
+    let (live_leases, nominated): (i64, Option<Uuid>) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM job_view j
+                 WHERE j.lease_factory_id = $1 AND j.lease_expires_at > $2),
+                (SELECT j.job_id FROM job_view j
+                 WHERE j.nominated_factory_id = $1 AND j.nominated_until > $2
+                   AND j.stage = 'queued'
+                 ORDER BY j.nominated_until LIMIT 1)",
+    )
+    .bind(id)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Some(ClaimingFactory {
+        factory,
+        live_leases,
+        nominated,
+    }))
 }
 
 /// One factory; `lock` takes its row lock (serialises one factory's claims so it

@@ -232,3 +232,21 @@ async fn a_wake_up_reaches_the_one_idle_factory_that_can_run_the_job() {
         burst_started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claims_of_one_factory_never_exceed_its_capacity() {
+    // The factory's claims take turns on its row, and each counts the leases after
+    // its turn came: a count read before the wait would miss the previous claim's.
+    let app = spawn_app().await;
+    let op = app.operator(&["p1"]).await;
+    for i in 0..12 {
+        app.submit(&op, json!({"productId": "p1", "title": format!("job {i}")}))
+            .await;
+    }
+    for round in 0..3 {
+        let (_, ft) = app.enroll(&op, &["p1"], &[], 2).await;
+        let claims = join_all((0..6).map(|_| app.post("/fleet/claim", &ft, json!({})))).await;
+        let granted = claims.iter().filter(|r| r.status == StatusCode::OK).count();
+        assert_eq!(granted, 2, "round {round}: capacity 2, granted {granted}");
+    }
+}
