@@ -51,11 +51,21 @@ async fn notifier(state: AppState) {
             _ = state.notify_others.notified() => {}
             _ = state.shutdown.cancelled() => return,
         }
-        if let Err(e) =
-            gigafactory_projections::log::notify_committed(&state.pool, &state.notify_payload())
-                .await
+        let payload = state.notify_payload();
+        if let Err(e) = gigafactory_projections::log::notify_committed(&state.pool, &payload).await
         {
-            tracing::warn!(error = %e, "could not notify the other processes");
+            tracing::warn!(error = %e, "could not notify the other processes; trying again");
+            // Keep what the payload said (claims to wake) for the next attempt.
+            if payload.ends_with(":claims") {
+                state
+                    .claimable_pending
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            state.notify_others.notify_one();
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = state.shutdown.cancelled() => return,
+            }
         }
     }
 }

@@ -173,7 +173,6 @@ pub async fn preemption_round(state: &AppState) -> Result<usize, anyhow::Error> 
                     done += 1;
                     metrics::counter!("gigafactory_preemptions_total", "mode" => "on").increment(1);
                     tracing::info!(job_id = %decision.for_job, victim = %decision.evict, factory_id = %decision.factory_id, "preempted");
-                    state.wake_all();
                 }
             }
             // The fleet moved between reading and deciding (the victim ended, the

@@ -33,10 +33,12 @@ pub async fn refresh(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
         if !BUSY_TABLES.contains(&table.as_str()) {
             continue;
         }
+        // SKIP_LOCKED: never queue behind (or hold up) another process's maintenance
+        // or a replay's swap; the next round tries again.
         let statement = match (vacuum, analyze) {
-            (true, true) => format!("VACUUM (ANALYZE) {table}"),
-            (true, false) => format!("VACUUM {table}"),
-            (false, true) => format!("ANALYZE {table}"),
+            (true, true) => format!("VACUUM (ANALYZE, SKIP_LOCKED) {table}"),
+            (true, false) => format!("VACUUM (SKIP_LOCKED) {table}"),
+            (false, true) => format!("ANALYZE (SKIP_LOCKED) {table}"),
             (false, false) => continue,
         };
         sqlx::query(&statement).execute(pool).await?;

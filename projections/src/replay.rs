@@ -92,7 +92,7 @@ pub async fn rebuild_into(
                     .execute(&mut *conn)
                     .await?;
                 }
-                _ if index.unique => {
+                _ if index.unique || WRITE_PATH_INDEXES.contains(&name.as_str()) => {
                     sqlx::query(&create).execute(&mut *conn).await?;
                 }
                 _ => deferred.push(create),
@@ -161,6 +161,10 @@ pub async fn rebuild_into(
     }
     Ok(applied)
 }
+
+/// Indexes the projections' own writes search by (a cancel ends a job's open run, a
+/// revocation a subject's credentials): built before the rows, not after.
+const WRITE_PATH_INDEXES: [&str; 2] = ["run_view_job", "credential_view_subject"];
 
 /// How many events a replay reads and applies at a time.
 pub const REPLAY_BATCH: i64 = 5_000;
@@ -347,12 +351,13 @@ pub async fn swap(pool: &PgPool, schema: &str) -> Result<(), ProjectionError> {
             .execute(&mut *tx)
             .await?;
     }
-    // The rebuilt tables reflect the log up to its head: the projector goes on from there.
-    sqlx::query(
-        "UPDATE projection_checkpoints SET position = (SELECT last_position FROM event_log_head)",
-    )
-    .execute(&mut *tx)
-    .await?;
+    // The rebuilt tables reflect the log up to `after` (the sequencer may have given
+    // positions since: the projector goes on from what the swap applied, not from
+    // the head, or those events would never reach the new tables).
+    sqlx::query("UPDATE projection_checkpoints SET position = $1")
+        .bind(after)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(&format!("DROP SCHEMA {old} CASCADE"))
         .execute(&mut *tx)
         .await?;

@@ -187,7 +187,6 @@ pub async fn revoke(
     .map_err(into_api::<Factory>)?;
     tracing::info!(factory_id = %factory_id, "factory revoked");
     release_leases_of(&state, factory_id).await?;
-    state.wake_all();
     Ok(StatusCode::NO_CONTENT)
 }
 

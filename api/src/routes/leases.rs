@@ -82,13 +82,17 @@ pub async fn claim(
     let mut looked_at: Option<u64> = None;
     let mut handed_on = false;
     loop {
-        // Register for wake-ups before looking, so a commit in between is not missed.
+        // Read the commit count, then register for wake-ups, then look: a commit in
+        // between is neither missed nor taken for one already looked at.
+        let commits = state.commits.load(Ordering::SeqCst);
         let woken = state.wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let commits = state.commits.load(Ordering::SeqCst);
         if !(handed_on && looked_at == Some(commits)) {
             looked_at = Some(commits);
+            // Passes the wake-up on when this block ends — also if the request is
+            // dropped (client gone) in the middle of the attempt.
+            let mut hand_on = HandOn::new(&state, handed_on);
             let attempt_started = std::time::Instant::now();
             let found = claim_next_job(
                 &state,
@@ -100,19 +104,8 @@ pub async fn claim(
             .await;
             metrics::histogram!("gigafactory_claim_duration_seconds")
                 .record(attempt_started.elapsed().as_secs_f64());
-            let found = match found {
-                Ok(found) => found,
-                Err(e) => {
-                    if handed_on {
-                        state.wake.notify_one();
-                    }
-                    return Err(e);
-                }
-            };
-            if handed_on || found.is_some() {
-                state.wake.notify_one();
-            }
-            if let Some(c) = found {
+            if let Some(c) = found? {
+                hand_on.arm();
                 let lease = c.job.lease.as_ref().expect("a granted job holds a lease");
                 let body = json!({
                     "job": views::job(&c.job),
@@ -134,6 +127,31 @@ pub async fn claim(
             _ = woken => handed_on = true,
             _ = tokio::time::sleep(nap) => handed_on = false,
             _ = state.shutdown.cancelled() => return Ok(StatusCode::NO_CONTENT.into_response()),
+        }
+    }
+}
+
+/// Passes a claim wake-up on to the next waiting claim when dropped, if armed: when
+/// the claim was itself woken by a hand-off, or found a job (there may be more).
+struct HandOn<'a> {
+    state: &'a AppState,
+    armed: bool,
+}
+
+impl<'a> HandOn<'a> {
+    fn new(state: &'a AppState, armed: bool) -> Self {
+        Self { state, armed }
+    }
+
+    fn arm(&mut self) {
+        self.armed = true;
+    }
+}
+
+impl Drop for HandOn<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.state.wake.notify_one();
         }
     }
 }
@@ -208,7 +226,6 @@ pub async fn release(
     .await
     .map_err(into_api::<Job>)?;
     tracing::info!(job_id = %id, factory_id = %factory_id, "lease released");
-    state.wake_all();
     Ok(Json(views::job(&done.aggregate)))
 }
 
@@ -264,7 +281,6 @@ pub async fn report(
     .map_err(into_api::<Job>)?;
     if body.status != ReportStatus::Running && !done.events.is_empty() {
         tracing::info!(job_id = %id, factory_id = %factory_id, status = ?body.status, "run ended");
-        state.wake_all();
     }
     Ok(Json(views::job(&done.aggregate)))
 }
