@@ -33,7 +33,7 @@ pub fn spawn(state: &AppState) -> Vec<JoinHandle<()>> {
 /// vacuum must not delay the lease sweeper).
 async fn maintainer(state: AppState) {
     loop {
-        if let Err(e) = crate::statistics::refresh(&state.pool).await {
+        if let Err(e) = crate::maintenance::refresh(&state.pool).await {
             tracing::warn!(error = %e, "table maintenance failed");
         }
         tokio::select! {

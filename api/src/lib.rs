@@ -15,13 +15,13 @@ pub mod embedded;
 pub mod error;
 pub mod flags;
 pub mod json;
+pub mod maintenance;
 pub mod metrics;
 pub mod openapi;
 pub mod preemption;
 pub mod routes;
 pub mod scheduling;
 pub mod simulate;
-pub mod statistics;
 pub mod views;
 
 pub use app::{App, AppState, Settings};

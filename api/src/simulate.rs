@@ -87,7 +87,9 @@ impl Shared {
     }
 }
 
-async fn post(
+/// POSTs JSON with a bearer token; the status and the JSON answer (`null` when
+/// empty or not JSON).
+pub async fn post(
     http: &reqwest::Client,
     url: &str,
     token: &str,

@@ -29,21 +29,8 @@ impl Api {
         token: &str,
         body: &Value,
     ) -> anyhow::Result<(u16, Value)> {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .json(body)
-            .send()
-            .await?;
-        let status = r.status().as_u16();
-        let bytes = r.bytes().await?;
-        let value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-        };
-        Ok((status, value))
+        gigafactory_api::simulate::post(&self.http, &format!("{}{path}", self.base), token, body)
+            .await
     }
 
     /// POSTs and insists on `expect`.

@@ -1,27 +1,9 @@
 //! Fresh databases on one PostgreSQL server: every scenario gets its own, dropped at
 //! the end (also when the scenario failed).
 
+use gigafactory_api::db::with_database;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
-
-/// The server's URL with another database name.
-pub fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map(|(b, q)| (b, Some(q)))
-        .unwrap_or((url, None));
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let path_start = base[scheme_end..]
-        .find('/')
-        .map(|i| scheme_end + i)
-        .unwrap_or(base.len());
-    format!(
-        "{}/{}{}",
-        &base[..path_start],
-        db,
-        query.map(|q| format!("?{q}")).unwrap_or_default()
-    )
-}
 
 /// Creates and drops the benchmark's databases through one admin connection.
 pub struct Databases {
@@ -77,23 +59,5 @@ impl Databases {
                 tracing::warn!(database = %name, error = %e, "could not drop a benchmark database");
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::with_database;
-
-    #[test]
-    fn replaces_the_database_and_keeps_the_query() {
-        assert_eq!(
-            with_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
-            "postgres://postgres@127.0.0.1:5432/x"
-        );
-        assert_eq!(
-            with_database("postgres://u:p@h:1/postgres?sslmode=disable", "x"),
-            "postgres://u:p@h:1/x?sslmode=disable"
-        );
-        assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
     }
 }

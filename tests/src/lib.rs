@@ -58,21 +58,6 @@ pub fn server_url() -> String {
     .clone()
 }
 
-/// `url` with its database name replaced.
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let cut = base.rfind('/').expect("database URL has a path");
-    let mut out = format!("{}/{}", &base[..cut], db);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
-}
-
 /// A fresh database, dropped (forcefully) when the last handle goes.
 pub struct TestDb {
     pub name: String,
@@ -92,7 +77,7 @@ impl TestDb {
             .await
             .expect("create test database");
         admin.close().await;
-        let url = with_database(&server_url(), &name);
+        let url = gigafactory_api::db::with_database(&server_url(), &name);
         Arc::new(Self { name, url })
     }
 
