@@ -12,9 +12,7 @@
 //! queue row cannot cause a second lease.
 
 use crate::app::AppState;
-use crate::commands::{
-    conflict_pause, decide_in, stream_lock_key, ExecError, Executed, StreamLock,
-};
+use crate::commands::{conflict_pause, decide_many, stream_lock_key, ExecError, Executed};
 use crate::error::ApiError;
 use crate::scheduling::{rank_for_factory, Pick, CANDIDATES_PER_SET};
 use chrono::{DateTime, Utc};
@@ -22,9 +20,13 @@ use gigafactory_domain::job::{Job, JobCommand};
 use gigafactory_domain::scheduler::{Breakdown, WeightOverrides};
 use gigafactory_domain::{FactoryId, RunId};
 use gigafactory_projections::factories;
+use gigafactory_projections::EventRecord;
 use uuid::Uuid;
 
 const MAX_CLAIM_RETRIES: usize = 20;
+
+/// Most jobs one batch claim may take.
+pub const MAX_BATCH: usize = 100;
 
 /// A granted lease, with the score that picked the job.
 pub struct Claimed {
@@ -33,22 +35,26 @@ pub struct Claimed {
     pub now: DateTime<Utc>,
 }
 
-/// One attempt to claim, without waiting. `Ok(None)`: nothing claimable now.
-pub async fn claim_next_job(
+/// One attempt to claim up to `max` jobs (never more than the factory's free
+/// capacity), without waiting; empty: nothing claimable now. All the leases are
+/// granted in one transaction — one `LeaseGranted` per job, one commit — from one
+/// ranking: the best-ranked jobs no other claimer holds.
+pub async fn claim_jobs(
     state: &AppState,
     factory_id: FactoryId,
     requested_products: Option<&[String]>,
     weights: Option<&WeightOverrides>,
     ttl_secs: u32,
-) -> Result<Option<Claimed>, ApiError> {
+    max: usize,
+) -> Result<Vec<Claimed>, ApiError> {
     for attempt in 0..MAX_CLAIM_RETRIES {
         let mut tx = state.pool.begin().await?;
-        let now = state.clock.now(&mut tx).await?;
         let factories::ClaimingFactory {
             factory,
+            now,
             live_leases,
             nominated,
-        } = factories::for_claim(&mut tx, factory_id.0, now)
+        } = factories::for_claim(&mut tx, factory_id.0, state.clock.offset_ms())
             .await?
             .filter(|c| c.factory.status == "active")
             .ok_or(ApiError::Unauthorized)?;
@@ -58,8 +64,10 @@ pub async fn claim_next_job(
             .filter(|p| requested_products.is_none_or(|r| r.contains(p)))
             .cloned()
             .collect();
-        if products.is_empty() || live_leases >= i64::from(factory.capacity) {
-            return Ok(None);
+        let free = (i64::from(factory.capacity) - live_leases).max(0) as usize;
+        let want = free.min(max);
+        if products.is_empty() || want == 0 {
+            return Ok(vec![]);
         }
         let mut ranked = rank_for_factory(
             &mut tx,
@@ -68,77 +76,154 @@ pub async fn claim_next_job(
             &products,
             weights,
             now,
-            CANDIDATES_PER_SET,
+            CANDIDATES_PER_SET.max(want as i64),
         )
         .await?;
         if let Some(job) = nominated {
             // A slot freed by a preemption is for the critical job only.
             ranked.retain(|r| r.job.job_id.0 == job);
         }
-        let mut retry = false;
-        let mut rest = &ranked[..];
-        while !rest.is_empty() {
-            let Some(index) = lock_first_free(&mut tx, rest).await? else {
-                // Other claimers hold every one of them: look again once they are done.
-                retry = true;
-                break;
-            };
-            let pick = &rest[index];
-            rest = &rest[index + 1..];
-            let command = JobCommand::GrantLease {
-                run_id: RunId(Uuid::now_v7()),
-                factory_id,
-                factory_capabilities: factory.capabilities.clone(),
-                ttl_secs,
-                now,
-            };
-            let stream = pick.job.job_id.stream_id(&pick.job.product_id);
-            match decide_in::<Job>(&mut tx, &stream, command, StreamLock::Held).await {
-                Ok(Executed { aggregate, events }) if !events.is_empty() => {
-                    tx.commit().await?;
-                    state.events_committed(&events);
-                    tracing::info!(job_id = %pick.job.job_id, factory_id = %factory_id, score = pick.breakdown.total, "lease granted");
-                    return Ok(Some(Claimed {
-                        job: aggregate,
-                        breakdown: pick.breakdown,
-                        now,
-                    }));
+        let grant = Grant {
+            factory_id,
+            capabilities: &factory.capabilities,
+            ttl_secs,
+            now,
+        };
+        match grant.best_free(&mut tx, &ranked, want).await? {
+            Granted::Leases(claimed, events) => {
+                tx.commit().await?;
+                state.events_committed(&events);
+                for c in &claimed {
+                    let job_id = c.job.spec.as_ref().map(|s| s.job_id);
+                    tracing::info!(job_id = ?job_id, factory_id = %factory_id, score = c.breakdown.total, "lease granted");
                 }
-                // Claimed or changed since the read: the next one.
-                Ok(_) | Err(ExecError::Domain(_)) => continue,
-                Err(ExecError::Conflict(_)) => {
-                    retry = true;
-                    break;
-                }
-                Err(e) => return Err(crate::commands::into_api::<Job>(e)),
+                return Ok(claimed);
+            }
+            Granted::Nothing => {
+                tx.rollback().await?;
+                return Ok(vec![]);
+            }
+            // Other claimers hold every one of them, or a stream moved under us: look
+            // again once they are done.
+            Granted::Contended => {
+                tx.rollback().await?;
+                conflict_pause(attempt).await;
             }
         }
-        tx.rollback().await?;
-        if !retry {
-            return Ok(None);
-        }
-        conflict_pause(attempt).await;
     }
-    Ok(None)
+    Ok(vec![])
 }
 
-/// Takes the stream lock of the first of `picks` (best first) that no other
-/// transaction holds, in one round trip; returns its index. Only the one lock is
-/// taken: the scan stops at the first success.
-async fn lock_first_free(
+/// The lease a claim grants, for each job it picks.
+struct Grant<'a> {
+    factory_id: FactoryId,
+    capabilities: &'a [String],
+    ttl_secs: u32,
+    now: DateTime<Utc>,
+}
+
+enum Granted {
+    /// At least one lease (the transaction must commit), with the events appended.
+    Leases(Vec<Claimed>, Vec<EventRecord>),
+    /// No job can be granted (all refused, or none ranked).
+    Nothing,
+    /// None granted, but other claimers held some, or an append conflicted (the
+    /// transaction is aborted): try again.
+    Contended,
+}
+
+impl Grant<'_> {
+    /// Grants up to `want` of `ranked` (best first): takes the stream locks of the
+    /// best ones no other transaction holds, lets each job's aggregate decide, and
+    /// goes on down the ranking for those refused (claimed since the read).
+    async fn best_free(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        ranked: &[Pick],
+        want: usize,
+    ) -> Result<Granted, ApiError> {
+        let mut claimed = Vec::new();
+        let mut events = Vec::new();
+        let mut held_by_others = false;
+        let mut rest = ranked;
+        while claimed.len() < want && !rest.is_empty() {
+            let locked = lock_free(tx, rest, want - claimed.len()).await?;
+            let Some(&last) = locked.last() else {
+                held_by_others = true;
+                break;
+            };
+            let picks: Vec<&Pick> = locked.iter().map(|&i| &rest[i]).collect();
+            let commands = picks
+                .iter()
+                .map(|p| {
+                    let command = JobCommand::GrantLease {
+                        run_id: RunId(Uuid::now_v7()),
+                        factory_id: self.factory_id,
+                        factory_capabilities: self.capabilities.to_vec(),
+                        ttl_secs: self.ttl_secs,
+                        now: self.now,
+                    };
+                    (p.job.job_id.stream_id(&p.job.product_id), command)
+                })
+                .collect();
+            let outcomes = match decide_many::<Job>(tx, commands).await {
+                Ok(outcomes) => outcomes,
+                Err(ExecError::Conflict(_)) => return Ok(Granted::Contended),
+                Err(e) => return Err(crate::commands::into_api::<Job>(e)),
+            };
+            for (pick, outcome) in picks.into_iter().zip(outcomes) {
+                // A refusal or a no-op: claimed or changed since the read.
+                if let Ok(Executed {
+                    aggregate,
+                    events: appended,
+                }) = outcome
+                {
+                    if !appended.is_empty() {
+                        events.extend(appended);
+                        claimed.push(Claimed {
+                            job: aggregate,
+                            breakdown: pick.breakdown,
+                            now: self.now,
+                        });
+                    }
+                }
+            }
+            // Those skipped before the last one locked were held by others.
+            held_by_others |= locked.len() < last + 1;
+            rest = &rest[last + 1..];
+        }
+        Ok(if !claimed.is_empty() {
+            Granted::Leases(claimed, events)
+        } else if held_by_others {
+            Granted::Contended
+        } else {
+            Granted::Nothing
+        })
+    }
+}
+
+/// Takes the stream locks of the first `limit` of `picks` (best first) that no other
+/// transaction holds, in one round trip; returns their indexes, ascending. Only those
+/// locks are taken: the scan stops at the `limit`-th success.
+async fn lock_free(
     tx: &mut sqlx::PgConnection,
     picks: &[Pick],
-) -> Result<Option<usize>, sqlx::Error> {
+    limit: usize,
+) -> Result<Vec<usize>, sqlx::Error> {
     let keys: Vec<String> = picks
         .iter()
         .map(|p| stream_lock_key::<Job>(&p.job.job_id.stream_id(&p.job.product_id)))
         .collect();
-    let ordinal: Option<i64> = sqlx::query_scalar(
+    // No ORDER BY: it would evaluate the filter — take the locks — of every row.
+    let ordinals: Vec<i64> = sqlx::query_scalar(
         "SELECT ord FROM unnest($1::text[]) WITH ORDINALITY AS c(key, ord)
-         WHERE pg_try_advisory_xact_lock(hashtextextended(key, 0)) LIMIT 1",
+         WHERE pg_try_advisory_xact_lock(hashtextextended(key, 0)) LIMIT $2",
     )
     .bind(&keys)
-    .fetch_optional(&mut *tx)
+    .bind(limit as i64)
+    .fetch_all(&mut *tx)
     .await?;
-    Ok(ordinal.map(|o| o as usize - 1))
+    let mut indexes: Vec<usize> = ordinals.into_iter().map(|o| o as usize - 1).collect();
+    indexes.sort_unstable();
+    Ok(indexes)
 }

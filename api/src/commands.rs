@@ -39,6 +39,9 @@ pub enum ExecError<E: std::error::Error> {
     Db(#[from] sqlx::Error),
     #[error(transparent)]
     Projection(#[from] ProjectionError),
+    /// A batch named one stream twice (callers must not).
+    #[error("one stream twice in one batch")]
+    DuplicateStream,
 }
 
 /// Maps an execution error of aggregate `A` to the API's error.
@@ -53,6 +56,7 @@ where
         }
         ExecError::Db(d) => d.into(),
         ExecError::Projection(p) => p.into(),
+        ExecError::DuplicateStream => ApiError::Internal("one stream twice in one batch".into()),
     }
 }
 
@@ -92,6 +96,12 @@ impl Clock {
         .await
     }
 
+    /// The simulated clock's offset from the database's, in milliseconds (for a
+    /// statement that reads the clock itself).
+    pub fn offset_ms(&self) -> f64 {
+        self.offset_ms.load(Ordering::Relaxed) as f64
+    }
+
     /// Moves a simulated clock forward (tests and simulations only).
     pub fn advance(&self, by: chrono::Duration) {
         self.offset_ms
@@ -99,92 +109,116 @@ impl Clock {
     }
 }
 
-/// How a command waits for other writers of its stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamLock {
-    /// Wait for the stream's writer lock (commands).
-    Wait,
-    /// The caller's transaction holds it already (execute, and the claim, which
-    /// takes the first free one of its ranked jobs' locks without waiting).
-    Held,
-}
-
-/// Loads, decides and appends inside the caller's transaction, holding the stream's
-/// writer lock (a transaction-level advisory lock) so writers of one stream take
-/// turns instead of failing on conflicts. On `ExecError::Conflict` the transaction is
-/// aborted and must be rolled back.
+/// Loads, decides and appends inside the caller's transaction, which holds the
+/// stream's writer lock (a transaction-level advisory lock: writers of one stream
+/// take turns instead of failing on conflicts). On `ExecError::Conflict` the
+/// transaction is aborted and must be rolled back.
 pub async fn decide_in<A>(
     conn: &mut PgConnection,
     aggregate_id: &str,
     command: A::Command,
-    lock: StreamLock,
 ) -> Result<Executed<A>, ExecError<A::Error>>
 where
     A: Aggregate<Services = ()> + Stream + 'static,
 {
-    if lock == StreamLock::Wait {
-        lock_stream::<A>(conn, aggregate_id).await?;
+    let mut outcomes = decide_many::<A>(conn, vec![(aggregate_id.to_string(), command)]).await?;
+    outcomes
+        .pop()
+        .expect("one outcome per command")
+        .map_err(ExecError::Domain)
+}
+
+/// What one command of a batch came to: the aggregate after it and its events, or
+/// the aggregate's refusal (which appended nothing).
+pub type Outcome<A> = Result<Executed<A>, <A as Aggregate>::Error>;
+
+/// Decides several commands, each on its own stream (ids distinct), in the caller's
+/// transaction, which holds every one of their writer locks: one query loads the
+/// streams, one appends all the events, one writes the job rows, then the other read
+/// models apply them — the same statements whatever the batch's size. A command its
+/// aggregate refuses appends nothing and does not stop the others. On
+/// `ExecError::Conflict` the transaction is aborted and must be rolled back.
+pub async fn decide_many<A>(
+    conn: &mut PgConnection,
+    commands: Vec<(String, A::Command)>,
+) -> Result<Vec<Outcome<A>>, ExecError<A::Error>>
+where
+    A: Aggregate<Services = ()> + Stream + 'static,
+{
+    let ids: Vec<String> = commands.iter().map(|(id, _)| id.clone()).collect();
+    if ids.iter().collect::<std::collections::HashSet<_>>().len() != ids.len() {
+        return Err(ExecError::DuplicateStream);
     }
-    let mut aggregate: A = log::load(conn, aggregate_id).await?;
-    let before = aggregate.version();
-    let sink = EventSink::default();
-    aggregate
-        .handle(command, &(), &sink)
-        .await
-        .map_err(ExecError::Domain)?;
-    let events = sink.collect().await;
-    if events.is_empty() {
-        return Ok(Executed {
-            aggregate,
-            events: vec![],
-        });
+    let mut aggregates = log::load_many::<A>(conn, &ids).await?;
+    // Per command: its aggregate and how many of `rows` are its events, or the refusal.
+    let mut decided: Vec<Result<(A, usize), A::Error>> = Vec::with_capacity(commands.len());
+    let mut rows: Vec<NewEvent> = Vec::new();
+    for (id, command) in commands {
+        let mut aggregate = aggregates.remove(&id).unwrap_or_default();
+        let before = aggregate.version();
+        // The sink applies each event to the aggregate; our aggregates decide every
+        // event before writing the first, so a refusal leaves the aggregate as it was.
+        let sink = EventSink::default();
+        if let Err(e) = aggregate.handle(command, &(), &sink).await {
+            decided.push(Err(e));
+            continue;
+        }
+        let events = sink.collect().await;
+        let product = aggregate.product_id();
+        let visible = aggregate.visible_to();
+        rows.extend(events.iter().enumerate().map(|(i, e)| {
+            NewEvent::of::<A>(&id, before + 1 + i as u64, e, product.as_deref(), &visible)
+        }));
+        decided.push(Ok((aggregate, events.len())));
     }
-    let product = aggregate.product_id();
-    let visible = aggregate.visible_to();
-    let rows: Vec<NewEvent> = events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            NewEvent::of::<A>(
-                aggregate_id,
-                before + 1 + i as u64,
-                e,
-                product.as_deref(),
-                &visible,
-            )
-        })
-        .collect();
     let records = log::append(conn, &rows).await.map_err(|e| match e {
         AppendError::Db(d) => ExecError::Db(d),
         c => ExecError::Conflict(c),
     })?;
-    // A job command holds the job it just advanced: its row is written from it (one
-    // statement), the other read models apply the events.
-    let job = (&aggregate as &dyn std::any::Any).downcast_ref::<Job>();
-    if let Some(job) = job {
-        gigafactory_projections::jobs::write(conn, job).await?;
+    // Job commands hold the jobs they just advanced: their rows are written from them
+    // (one statement); the other read models apply the events.
+    let jobs: Vec<&Job> = decided
+        .iter()
+        .filter_map(|d| d.as_ref().ok())
+        .filter(|(_, n)| *n > 0)
+        .filter_map(|(a, _)| (a as &dyn std::any::Any).downcast_ref::<Job>())
+        .collect();
+    let jobs_written = !jobs.is_empty();
+    if jobs_written {
+        gigafactory_projections::jobs::write_many(conn, &jobs).await?;
     }
-    apply_to_read_models(conn, &records, job.is_some()).await?;
+    if !records.is_empty() {
+        apply_to_read_models(conn, &records, jobs_written).await?;
+    }
     for r in &records {
         metrics::counter!("gigafactory_events_appended_total", "type" => r.event_type.clone())
             .increment(1);
     }
-    Ok(Executed {
-        aggregate,
-        events: records,
-    })
+    let mut records = records.into_iter();
+    Ok(decided
+        .into_iter()
+        .map(|d| {
+            d.map(|(aggregate, n)| Executed {
+                aggregate,
+                events: records.by_ref().take(n).collect(),
+            })
+        })
+        .collect())
 }
 
-/// Waits for the writer lock of `A`'s stream `aggregate_id` (held until the
-/// transaction ends).
-async fn lock_stream<A: Aggregate>(
-    conn: &mut PgConnection,
-    aggregate_id: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(stream_lock_key::<A>(aggregate_id))
-        .execute(conn)
-        .await?;
+/// Waits for the writer locks of several streams (held until the transaction ends),
+/// always in one global order (by lock key), so two transactions locking overlapping
+/// sets cannot deadlock.
+pub async fn lock_streams(conn: &mut PgConnection, keys: &[String]) -> Result<(), sqlx::Error> {
+    // OFFSET 0 keeps the sorted keys in their own step: the locks are taken in order.
+    sqlx::query(
+        "SELECT count(pg_advisory_xact_lock(k)) FROM
+           (SELECT DISTINCT hashtextextended(key, 0) AS k FROM unnest($1::text[]) AS key
+            ORDER BY 1 OFFSET 0) AS keys",
+    )
+    .bind(keys)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -204,15 +238,51 @@ where
     A: Aggregate<Services = ()> + Stream + 'static,
     F: Fn(DateTime<Utc>) -> A::Command,
 {
+    execute_with(state, aggregate_id, None, make).await
+}
+
+/// As [`execute`], also holding `factory`'s row share-locked from before the clock is
+/// read until the commit. A lease renewal needs it: a claim counts the factory's live
+/// leases under that row's exclusive lock, so a renewal either commits before the
+/// count starts (and is counted) or reads its clock after the claim committed (and
+/// finds a lease the claim counted as expired expired) — never over capacity.
+pub async fn execute_holding_factory<A, F>(
+    state: &AppState,
+    aggregate_id: &str,
+    factory: uuid::Uuid,
+    make: F,
+) -> Result<Executed<A>, ExecError<A::Error>>
+where
+    A: Aggregate<Services = ()> + Stream + 'static,
+    F: Fn(DateTime<Utc>) -> A::Command,
+{
+    execute_with(state, aggregate_id, Some(factory), make).await
+}
+
+async fn execute_with<A, F>(
+    state: &AppState,
+    aggregate_id: &str,
+    factory: Option<uuid::Uuid>,
+    make: F,
+) -> Result<Executed<A>, ExecError<A::Error>>
+where
+    A: Aggregate<Services = ()> + Stream + 'static,
+    F: Fn(DateTime<Utc>) -> A::Command,
+{
+    let key = stream_lock_key::<A>(aggregate_id);
     for attempt in 0..MAX_CONFLICT_RETRIES {
         let mut tx = state.pool.begin().await?;
         // Take the stream's lock first, then read the clock: a command that waited
         // judges by the time it got its turn.
-        let now = state
-            .clock
-            .now_after_lock(&mut tx, &stream_lock_key::<A>(aggregate_id))
-            .await?;
-        match decide_in::<A>(&mut tx, aggregate_id, make(now), StreamLock::Held).await {
+        let now = match factory {
+            None => state.clock.now_after_lock(&mut tx, &key).await?,
+            Some(factory) => {
+                lock_streams(&mut tx, std::slice::from_ref(&key)).await?;
+                gigafactory_projections::factories::share_lock(&mut tx, factory).await?;
+                state.clock.now(&mut tx).await?
+            }
+        };
+        match decide_in::<A>(&mut tx, aggregate_id, make(now)).await {
             Ok(done) => {
                 if done.events.is_empty() {
                     tx.rollback().await?;
@@ -221,6 +291,56 @@ where
                     state.events_committed(&done.events);
                 }
                 return Ok(done);
+            }
+            Err(ExecError::Conflict(_)) => {
+                tx.rollback().await?;
+                conflict_pause(attempt).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ExecError::Contended)
+}
+
+/// Runs `make(i, now)` on each of `aggregate_ids` (distinct) in one transaction —
+/// one commit for all — after taking all their writer locks in one global order.
+/// Retries the whole batch on a conflict. Each command's refusal is its own outcome.
+pub async fn execute_many<A, F>(
+    state: &AppState,
+    aggregate_ids: &[String],
+    make: F,
+) -> Result<Vec<Outcome<A>>, ExecError<A::Error>>
+where
+    A: Aggregate<Services = ()> + Stream + 'static,
+    F: Fn(usize, DateTime<Utc>) -> A::Command,
+{
+    let keys: Vec<String> = aggregate_ids
+        .iter()
+        .map(|id| stream_lock_key::<A>(id))
+        .collect();
+    for attempt in 0..MAX_CONFLICT_RETRIES {
+        let mut tx = state.pool.begin().await?;
+        lock_streams(&mut tx, &keys).await?;
+        let now = state.clock.now(&mut tx).await?;
+        let commands = aggregate_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), make(i, now)))
+            .collect();
+        match decide_many::<A>(&mut tx, commands).await {
+            Ok(outcomes) => {
+                let events: Vec<EventRecord> = outcomes
+                    .iter()
+                    .filter_map(|o| o.as_ref().ok())
+                    .flat_map(|e| e.events.iter().cloned())
+                    .collect();
+                if events.is_empty() {
+                    tx.rollback().await?;
+                } else {
+                    tx.commit().await?;
+                    state.events_committed(&events);
+                }
+                return Ok(outcomes);
             }
             Err(ExecError::Conflict(_)) => {
                 tx.rollback().await?;

@@ -59,25 +59,33 @@ impl ApiError {
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
-}
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+    /// The status and the `{"code", "message", "field"?, "current"?}` object this
+    /// error answers with (also one item's outcome in a batch answer). Logs and counts
+    /// it as the answer would.
+    pub fn status_and_body(&self) -> (StatusCode, serde_json::Value) {
         let (status, code) = self.status_and_code();
-        if let Self::Internal(detail) = &self {
+        if let Self::Internal(detail) = self {
             tracing::error!(error = %detail, "internal error");
         }
-        if let Self::Fenced { .. } = &self {
+        if let Self::Fenced { .. } = self {
             metrics::counter!("gigafactory_fenced_writes_total").increment(1);
         }
         let mut body = json!({"code": code, "message": self.to_string()});
-        match &self {
+        match self {
             Self::Invalid { field, .. } => body["field"] = json!(field),
             Self::Fenced { current } | Self::InvalidStage { current, .. } => {
                 body["current"] = json!({"stage": current.stage, "epoch": current.epoch});
             }
             _ => {}
         }
+        (status, body)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.status_and_body();
         (status, Json(json!({ "error": body }))).into_response()
     }
 }

@@ -203,6 +203,29 @@ pub struct Claimed {
     pub breakdown: BreakdownView,
 }
 
+/// The answer of a batch claim: one entry per lease granted.
+#[derive(ToSchema)]
+pub struct ClaimedBatch {
+    pub claims: Vec<Claimed>,
+}
+
+/// One report's outcome in a batch report: `job` on 200, `error` otherwise.
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportResult {
+    pub job_id: String,
+    /// The HTTP status this report alone would have answered.
+    pub status: u16,
+    pub job: Option<JobView>,
+    pub error: Option<ErrorDetail>,
+}
+
+/// The answer of a batch report: one result per report, in order.
+#[derive(ToSchema)]
+pub struct ReportedBatch {
+    pub results: Vec<ReportResult>,
+}
+
 #[derive(ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Renewed {

@@ -10,7 +10,7 @@
 //!   the freed slot for the critical job (`JobNominated`, until it expires).
 
 use crate::app::AppState;
-use crate::commands::{decide_in, ExecError, StreamLock};
+use crate::commands::{decide_in, lock_streams, stream_lock_key, ExecError};
 use crate::scheduling::weights_for;
 use gigafactory_domain::flags::{Flag, FlagMode};
 use gigafactory_domain::job::{Job, JobCommand};
@@ -105,6 +105,14 @@ pub async fn preemption_round(state: &AppState) -> Result<usize, anyhow::Error> 
         let victim_stream = victim.job_id.stream_id(&victim.product_id);
         let mut tx = state.pool.begin().await?;
         let outcome = async {
+            // Both streams' locks at once, in the global order: a batch report holding
+            // one of them while waiting for the other cannot deadlock with us.
+            let streams: &[&str] = match mode {
+                FlagMode::Shadow => &[&critical_stream],
+                _ => &[&victim_stream, &critical_stream],
+            };
+            let keys: Vec<String> = streams.iter().map(|s| stream_lock_key::<Job>(s)).collect();
+            lock_streams(&mut tx, &keys).await?;
             match mode {
                 FlagMode::Shadow => {
                     let recorded = decide_in::<Job>(
@@ -116,7 +124,6 @@ pub async fn preemption_round(state: &AppState) -> Result<usize, anyhow::Error> 
                             reason: decision.reason.clone(),
                             now,
                         },
-                        StreamLock::Wait,
                     )
                     .await?;
                     Ok(!recorded.events.is_empty())
@@ -132,7 +139,6 @@ pub async fn preemption_round(state: &AppState) -> Result<usize, anyhow::Error> 
                             reason: decision.reason.clone(),
                             now,
                         },
-                        StreamLock::Wait,
                     )
                     .await?;
                     let until = now + chrono::Duration::seconds(state.settings.nomination_secs);
@@ -145,7 +151,6 @@ pub async fn preemption_round(state: &AppState) -> Result<usize, anyhow::Error> 
                             until,
                             now,
                         },
-                        StreamLock::Wait,
                     )
                     .await?;
                     Ok(true)

@@ -61,12 +61,13 @@ impl Api {
         Ok(answer["token"].as_str().context("token")?.to_string())
     }
 
-    /// Enrolls `n` factories of capacity 1 for `product`; returns their tokens.
+    /// Enrolls `n` factories of `capacity` for `product`; returns their tokens.
     pub async fn enroll(
         &self,
         operator: &str,
         product: &str,
         n: usize,
+        capacity: usize,
     ) -> anyhow::Result<Vec<String>> {
         let mut tokens = Vec::with_capacity(n);
         for i in 0..n {
@@ -74,7 +75,7 @@ impl Api {
                 .post_ok(
                     "/fleet/factories/enroll",
                     operator,
-                    &json!({"name": format!("bench-{i}"), "productIds": [product], "capabilities": [], "capacity": 1}),
+                    &json!({"name": format!("bench-{i}"), "productIds": [product], "capabilities": [], "capacity": capacity}),
                     201,
                 )
                 .await?;
@@ -150,5 +151,62 @@ impl Api {
         )
         .await
         .map(|_| ())
+    }
+
+    /// One batch claim of up to `max` jobs: (job id, epoch) of each lease.
+    pub async fn claim_batch(
+        &self,
+        factory: &str,
+        max: usize,
+        wait_ms: u32,
+    ) -> anyhow::Result<Vec<(String, u64)>> {
+        let (status, answer) = self
+            .post(
+                "/fleet/batch/claim",
+                factory,
+                &json!({"max": max, "waitMs": wait_ms}),
+            )
+            .await?;
+        match status {
+            200 => answer["claims"]
+                .as_array()
+                .context("claims")?
+                .iter()
+                .map(|c| {
+                    Ok((
+                        c["job"]["id"].as_str().context("job id")?.to_string(),
+                        c["lease"]["epoch"].as_u64().context("epoch")?,
+                    ))
+                })
+                .collect(),
+            204 => Ok(vec![]),
+            s => bail!("batch claim answered {s}: {answer}"),
+        }
+    }
+
+    /// Reports every run of `leases` succeeded in one batch; each must be accepted.
+    pub async fn succeed_batch(
+        &self,
+        factory: &str,
+        leases: &[(String, u64)],
+    ) -> anyhow::Result<()> {
+        let reports: Vec<Value> = leases
+            .iter()
+            .map(|(job, epoch)| json!({"jobId": job, "epoch": epoch, "status": "succeeded", "costUsd": 0.0}))
+            .collect();
+        let answer = self
+            .post_ok(
+                "/fleet/batch/report",
+                factory,
+                &json!({"reports": reports}),
+                200,
+            )
+            .await?;
+        for result in answer["results"].as_array().context("results")? {
+            if result["status"] != 200 {
+                bail!("a batched report was refused: {result}");
+            }
+        }
+        Ok(())
     }
 }

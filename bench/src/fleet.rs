@@ -93,6 +93,47 @@ pub async fn drain(
     })
 }
 
+/// `factories` claim up to `batch` jobs per call and report them in one call, until
+/// `jobs` runs ended; returns the seconds it took.
+pub async fn drain_batched(
+    api: &Api,
+    factories: &[String],
+    jobs: usize,
+    batch: usize,
+) -> anyhow::Result<f64> {
+    let done = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(Mutex::new(None::<Instant>));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for token in factories {
+        let (api, token, done, finished) =
+            (api.clone(), token.clone(), done.clone(), finished.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut wait_ms = 0;
+            while done.load(Ordering::Relaxed) < jobs {
+                let leases = api.claim_batch(&token, batch, wait_ms).await?;
+                if leases.is_empty() {
+                    // Other claimers hold the rows left: wait for the next change.
+                    wait_ms = 1000;
+                    continue;
+                }
+                api.succeed_batch(&token, &leases).await?;
+                let before = done.fetch_add(leases.len(), Ordering::Relaxed);
+                if before < jobs && before + leases.len() >= jobs {
+                    *finished.lock().unwrap() = Some(Instant::now());
+                }
+                wait_ms = 0;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let ended = finished.lock().unwrap().unwrap_or_else(Instant::now);
+    Ok((ended - started).as_secs_f64())
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }

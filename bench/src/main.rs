@@ -37,6 +37,10 @@ pub struct Args {
     /// Factories (Gigafactory) and worker concurrency (graphile-worker).
     #[arg(long, default_value_t = 32)]
     factories: usize,
+    /// Most jobs per batch claim (and per batch report) in the batched drain; each
+    /// factory's capacity there.
+    #[arg(long, default_value_t = 50)]
+    batch: usize,
     /// Jobs in the lifecycle scenario.
     #[arg(long, default_value_t = 5_000)]
     lifecycle_jobs: usize,
@@ -149,7 +153,7 @@ async fn scenarios(
     let api = client::Api::new(&server.url, args.factories * 2 + 8)?;
     let operator = api.operator_token(&server.admin_token, &["bench"]).await?;
     let probe = api.operator_token(&server.admin_token, &["probe"]).await?;
-    let factories = api.enroll(&operator, "bench", args.factories).await?;
+    let factories = api.enroll(&operator, "bench", args.factories, 1).await?;
     step(&format!("submitting {} jobs (untimed)", args.jobs));
     api.submit_many(&operator, "bench", args.jobs, args.factories)
         .await?;
@@ -162,6 +166,24 @@ async fn scenarios(
     step("lifecycle");
     let lifecycle =
         fleet::lifecycle(&api, &operator, "bench", &factories, args.lifecycle_jobs).await?;
+    server.stop().await;
+
+    // Gigafactory's batch endpoints, on a fresh database and server.
+    let url = dbs.fresh("drain_batched").await?;
+    let server = server::Server::start(bin, &url, &work).await?;
+    let api = client::Api::new(&server.url, args.factories * 2 + 8)?;
+    let operator = api.operator_token(&server.admin_token, &["bench"]).await?;
+    let factories = api
+        .enroll(&operator, "bench", args.factories, args.batch)
+        .await?;
+    step(&format!("submitting {} jobs (untimed)", args.jobs));
+    api.submit_many(&operator, "bench", args.jobs, args.factories)
+        .await?;
+    step(&format!(
+        "draining with Gigafactory, batches of {}",
+        args.batch
+    ));
+    let batched_seconds = fleet::drain_batched(&api, &factories, args.jobs, args.batch).await?;
     server.stop().await;
 
     // graphile-worker, default and batched, each on its own fresh database.
@@ -214,6 +236,8 @@ async fn scenarios(
         factories: args.factories,
         drain_jobs: args.jobs,
         drain_jobs_per_second: drain.jobs_per_second(),
+        batch: args.batch,
+        batched_drain_jobs_per_second: args.jobs as f64 / batched_seconds,
         claim_ms: drain.claim_ms,
         projection_lag_ms: drain.projection_lag_ms,
         lifecycle_jobs: args.lifecycle_jobs,

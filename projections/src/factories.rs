@@ -107,10 +107,14 @@ const COLUMNS: &str = "SELECT f.factory_id, f.name, f.product_ids, f.capabilitie
         extract(epoch FROM now() - l.last_heartbeat_at)::float8 AS age";
 const FROM: &str = " FROM factory_view f LEFT JOIN factory_liveness l USING (factory_id)";
 
-/// A factory about to claim: its row (locked), its live leases and the queued job a
-/// preemption reserved a slot of it for, if the reservation is still live.
+/// A factory about to claim: its row (locked), the clock read after the lock, its
+/// live leases and the queued job a preemption reserved a slot of it for, if the
+/// reservation is still live.
 pub struct ClaimingFactory {
     pub factory: FactoryRow,
+    /// The claim's clock (SPEC §11), read once the factory's lock is held: a claim
+    /// that waited judges leases — and dates its grant — by the time it got its turn.
+    pub now: DateTime<Utc>,
     /// Leases not yet expired (an expired lease, swept or not, frees its slot: the
     /// holder can no longer write on it).
     pub live_leases: i64,
@@ -118,35 +122,51 @@ pub struct ClaimingFactory {
 }
 
 /// Loads a factory for a claim, taking its row lock (one factory's claims take
-/// turns, so it never exceeds its capacity). Two statements on purpose: the leases
-/// are counted by a statement that starts after the lock is held — a count in the
-/// locking statement would use a snapshot from before the wait and miss the lease
-/// the previous claim just committed.
+/// turns, so it never exceeds its capacity), then reads the clock (`clock_timestamp()`
+/// plus the simulated offset `clock_offset_ms`). Two statements on purpose: the
+/// leases are counted by a statement that starts after the lock is held — a count in
+/// the locking statement would use a snapshot from before the wait and miss the lease
+/// the previous claim just committed. A renewal share-locks the row before reading
+/// its clock, so it cannot extend a lease this count takes for expired.
 pub async fn for_claim(
     conn: &mut PgConnection,
     id: Uuid,
-    now: DateTime<Utc>,
+    clock_offset_ms: f64,
 ) -> Result<Option<ClaimingFactory>, sqlx::Error> {
     let Some(factory) = get(conn, id, true).await? else {
         return Ok(None);
     };
-    let (live_leases, nominated): (i64, Option<Uuid>) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM job_view j
-                 WHERE j.lease_factory_id = $1 AND j.lease_expires_at > $2),
+    let (now, live_leases, nominated): (DateTime<Utc>, i64, Option<Uuid>) = sqlx::query_as(
+        "WITH c AS (SELECT clock_timestamp() + $2 * interval '1 millisecond' AS now)
+         SELECT c.now,
+                (SELECT count(*) FROM job_view j
+                 WHERE j.lease_factory_id = $1 AND j.lease_expires_at > c.now),
                 (SELECT j.job_id FROM job_view j
-                 WHERE j.nominated_factory_id = $1 AND j.nominated_until > $2
+                 WHERE j.nominated_factory_id = $1 AND j.nominated_until > c.now
                    AND j.stage = 'queued'
-                 ORDER BY j.nominated_until LIMIT 1)",
+                 ORDER BY j.nominated_until LIMIT 1)
+         FROM c",
     )
     .bind(id)
-    .bind(now)
+    .bind(clock_offset_ms)
     .fetch_one(&mut *conn)
     .await?;
     Ok(Some(ClaimingFactory {
         factory,
+        now,
         live_leases,
         nominated,
     }))
+}
+
+/// Share-locks a factory's row until the transaction ends: waits for a claim of
+/// that factory in progress (which holds it exclusively) and holds the next one off.
+pub async fn share_lock(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1 FROM factory_view WHERE factory_id = $1 FOR SHARE")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// One factory; `lock` takes its row lock (serialises one factory's claims so it

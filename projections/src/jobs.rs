@@ -95,7 +95,12 @@ pub fn job_id_of(aggregate_id: &str) -> Uuid {
 /// Writes the job's row as of its version (the command path, which holds the
 /// aggregate it just advanced, writes it directly).
 pub async fn write(conn: &mut PgConnection, job: &Job) -> Result<(), ProjectionError> {
-    write_rows(conn, row(job).into_iter().collect()).await
+    write_many(conn, std::slice::from_ref(&job)).await
+}
+
+/// Writes several jobs' rows in one statement (a batch command).
+pub async fn write_many(conn: &mut PgConnection, jobs: &[&Job]) -> Result<(), ProjectionError> {
+    write_rows(conn, jobs.iter().filter_map(|j| row(j)).collect()).await
 }
 
 /// A `job_view` row as JSON (column names as keys); `None` before the job exists.
@@ -218,6 +223,21 @@ pub async fn product_of(
         .bind(job_id)
         .fetch_optional(&mut *conn)
         .await
+}
+
+/// The products of several jobs (unknown ids are left out), for scoping a batch.
+pub async fn products_of(
+    conn: &mut PgConnection,
+    job_ids: &[Uuid],
+) -> Result<HashMap<Uuid, String>, sqlx::Error> {
+    let rows = sqlx::query("SELECT job_id, product_id FROM job_view WHERE job_id = ANY($1)")
+        .bind(job_ids)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get("job_id"), r.get("product_id")))
+        .collect())
 }
 
 /// A claimable job as the scheduler sees it.

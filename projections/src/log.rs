@@ -176,6 +176,46 @@ pub async fn load<A: Aggregate>(
     load_until::<A>(conn, aggregate_id, i64::MAX).await
 }
 
+/// Loads several aggregates of type `A` in one query (a batch command holds all
+/// their stream locks). A stream with no events comes back as `A::default()`.
+pub async fn load_many<A: Aggregate>(
+    conn: &mut PgConnection,
+    aggregate_ids: &[String],
+) -> Result<std::collections::HashMap<String, A>, ProjectionError> {
+    let rows = sqlx::query(
+        "SELECT aggregate_id, sequence, event_type, payload::jsonb AS payload FROM events
+         WHERE aggregate_type = $1 AND aggregate_id = ANY($2) ORDER BY aggregate_id, sequence",
+    )
+    .bind(A::TYPE)
+    .bind(aggregate_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut aggregates: std::collections::HashMap<String, A> = aggregate_ids
+        .iter()
+        .map(|id| (id.clone(), A::default()))
+        .collect();
+    for row in rows {
+        let id: String = row.get("aggregate_id");
+        let event = decode_row::<A>(&row, &id)?;
+        aggregates.entry(id).or_default().apply(event);
+    }
+    Ok(aggregates)
+}
+
+/// The event in a `(sequence, event_type, payload jsonb)` row of stream `aggregate_id`.
+fn decode_row<A: Aggregate>(
+    row: &sqlx::postgres::PgRow,
+    aggregate_id: &str,
+) -> Result<A::Event, ProjectionError> {
+    let payload: Value = row.get("payload");
+    serde_json::from_value(payload).map_err(|source| ProjectionError::Payload {
+        event_type: row.get("event_type"),
+        aggregate_id: aggregate_id.to_string(),
+        sequence: row.get("sequence"),
+        source,
+    })
+}
+
 /// Loads aggregate `A` as it was at `version` (events with sequence ≤ version).
 pub async fn load_until<A: Aggregate>(
     conn: &mut PgConnection,
@@ -193,15 +233,7 @@ pub async fn load_until<A: Aggregate>(
     .await?;
     let mut aggregate = A::default();
     for row in rows {
-        let payload: Value = row.get("payload");
-        let event: A::Event =
-            serde_json::from_value(payload).map_err(|source| ProjectionError::Payload {
-                event_type: row.get("event_type"),
-                aggregate_id: aggregate_id.to_string(),
-                sequence: row.get("sequence"),
-                source,
-            })?;
-        aggregate.apply(event);
+        aggregate.apply(decode_row::<A>(&row, aggregate_id)?);
     }
     Ok(aggregate)
 }

@@ -3,11 +3,11 @@
 #[allow(unused_imports)]
 use crate::openapi::*;
 
-use super::jobs::{stream_of, visible_job};
+use super::params;
 use crate::app::AppState;
-use crate::auth::{FactoryCaller, Scope};
-use crate::claim::claim_next_job;
-use crate::commands::{execute, into_api};
+use crate::auth::FactoryCaller;
+use crate::claim;
+use crate::commands::{execute, execute_holding_factory, into_api};
 use crate::error::ApiError;
 use crate::json::JsonBody;
 use crate::views;
@@ -15,12 +15,14 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use chrono::{DateTime, Utc};
 use gigafactory_domain::job::{
     Job, JobCommand, Report, ReportStatus, LEASE_TTL_DEFAULT_SECS, LEASE_TTL_MAX_SECS,
     LEASE_TTL_MIN_SECS,
 };
 use gigafactory_domain::scheduler::WeightOverrides;
-use gigafactory_domain::FactoryId;
+use gigafactory_domain::{FactoryId, JobId, ProductId};
+use gigafactory_projections::jobs;
 use rand::Rng;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -55,6 +57,31 @@ pub async fn claim(
     FactoryCaller { factory_id, .. }: FactoryCaller,
     JsonBody(body): JsonBody<Claim>,
 ) -> Result<Response, ApiError> {
+    match wait_for_claims(&state, factory_id, &body, 1).await?.pop() {
+        Some(c) => Ok(Json(claimed_json(&c)).into_response()),
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+/// A granted lease as the claim answers it.
+pub(super) fn claimed_json(c: &claim::Claimed) -> Value {
+    let lease = c.job.lease.as_ref().expect("a granted job holds a lease");
+    json!({
+        "job": views::job(&c.job),
+        "lease": {"epoch": lease.epoch, "expiresAt": views::time(lease.expires_at)},
+        "runId": lease.run_id.to_string(),
+        "breakdown": c.breakdown,
+    })
+}
+
+/// Claims up to `max` jobs for the factory, waiting up to the body's `waitMs` for at
+/// least one; empty: nothing claimable in that time. Validates the body first.
+pub(super) async fn wait_for_claims(
+    state: &AppState,
+    factory_id: FactoryId,
+    body: &Claim,
+    max: usize,
+) -> Result<Vec<claim::Claimed>, ApiError> {
     if body.wait_ms > MAX_WAIT_MS {
         return Err(ApiError::invalid(
             "waitMs",
@@ -92,41 +119,37 @@ pub async fn claim(
             looked_at = Some(commits);
             // Passes the wake-up on when this block ends — also if the request is
             // dropped (client gone) in the middle of the attempt.
-            let mut hand_on = HandOn::new(&state, handed_on);
+            let mut hand_on = HandOn::new(state, handed_on);
             let attempt_started = std::time::Instant::now();
-            let found = claim_next_job(
-                &state,
+            let found = claim::claim_jobs(
+                state,
                 factory_id,
                 body.product_ids.as_deref(),
                 weights.as_ref(),
                 ttl,
+                max,
             )
             .await;
             metrics::histogram!("gigafactory_claim_duration_seconds")
                 .record(attempt_started.elapsed().as_secs_f64());
-            if let Some(c) = found? {
+            let found = found?;
+            if !found.is_empty() {
                 hand_on.arm();
-                let lease = c.job.lease.as_ref().expect("a granted job holds a lease");
-                let body = json!({
-                    "job": views::job(&c.job),
-                    "lease": {"epoch": lease.epoch, "expiresAt": views::time(lease.expires_at)},
-                    "runId": lease.run_id.to_string(),
-                    "breakdown": c.breakdown,
-                });
-                metrics::counter!("gigafactory_claims_total", "outcome" => "granted").increment(1);
-                return Ok(Json(body).into_response());
+                metrics::counter!("gigafactory_claims_total", "outcome" => "granted")
+                    .increment(found.len() as u64);
+                return Ok(found);
             }
         }
         let now = Instant::now();
         if now >= deadline || state.shutdown.is_cancelled() {
             metrics::counter!("gigafactory_claims_total", "outcome" => "empty").increment(1);
-            return Ok(StatusCode::NO_CONTENT.into_response());
+            return Ok(vec![]);
         }
         let nap = (deadline - now).min(RECHECK);
         tokio::select! {
             _ = woken => handed_on = true,
             _ = tokio::time::sleep(nap) => handed_on = false,
-            _ = state.shutdown.cancelled() => return Ok(StatusCode::NO_CONTENT.into_response()),
+            _ = state.shutdown.cancelled() => return Ok(vec![]),
         }
     }
 }
@@ -156,14 +179,21 @@ impl Drop for HandOn<'_> {
     }
 }
 
-/// The job, if this factory's products cover it (404 otherwise).
-async fn factory_job(
+/// The job's stream, if this factory's products cover the job (404 otherwise): one
+/// indexed lookup of its product, not the whole job.
+async fn factory_stream(
     state: &AppState,
     caller: FactoryCaller,
     id: &str,
-) -> Result<(FactoryId, Job), ApiError> {
-    let job = visible_job(state, &Scope::Products(caller.products), id).await?;
-    Ok((caller.factory_id, job))
+) -> Result<(FactoryId, String), ApiError> {
+    let job_id = JobId(params::id(id, "job")?);
+    let mut conn = state.pool.acquire().await?;
+    match jobs::product_of(&mut conn, job_id.0).await? {
+        Some(product) if caller.products.contains(&product) => {
+            Ok((caller.factory_id, job_id.stream_id(&ProductId(product))))
+        }
+        _ => Err(ApiError::NotFound("job")),
+    }
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -182,12 +212,16 @@ pub async fn renew(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<Renew>,
 ) -> Result<Json<Value>, ApiError> {
-    let (factory_id, job) = factory_job(&state, caller, &id).await?;
-    let done = execute::<Job, _>(&state, &stream_of(&job), |now| JobCommand::RenewLease {
-        factory_id,
-        epoch: body.epoch,
-        ttl_secs: body.lease_ttl_secs,
-        now,
+    let (factory_id, stream) = factory_stream(&state, caller, &id).await?;
+    // Holding the factory's row: a claim counting its leases sees this renewal or
+    // makes it find the lease expired (see `execute_holding_factory`).
+    let done = execute_holding_factory::<Job, _>(&state, &stream, factory_id.0, |now| {
+        JobCommand::RenewLease {
+            factory_id,
+            epoch: body.epoch,
+            ttl_secs: body.lease_ttl_secs,
+            now,
+        }
     })
     .await
     .map_err(into_api::<Job>)?;
@@ -216,8 +250,8 @@ pub async fn release(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<Release>,
 ) -> Result<Json<Value>, ApiError> {
-    let (factory_id, job) = factory_job(&state, caller, &id).await?;
-    let done = execute::<Job, _>(&state, &stream_of(&job), |now| JobCommand::ReleaseLease {
+    let (factory_id, stream) = factory_stream(&state, caller, &id).await?;
+    let done = execute::<Job, _>(&state, &stream, |now| JobCommand::ReleaseLease {
         factory_id,
         epoch: body.epoch,
         checkpoint: body.checkpoint.clone(),
@@ -246,6 +280,53 @@ pub struct ReportBody {
     error: Option<String>,
 }
 
+/// Longest `error` text a report may carry.
+const MAX_ERROR_BYTES: usize = 10_000;
+
+impl ReportBody {
+    /// What the aggregate does not check (sizes); `prefix` goes before field names.
+    pub(super) fn check(&self, prefix: &str) -> Result<(), ApiError> {
+        if self
+            .error
+            .as_ref()
+            .is_some_and(|e| e.len() > MAX_ERROR_BYTES)
+        {
+            return Err(ApiError::invalid(
+                format!("{prefix}error"),
+                format!("error must be at most {MAX_ERROR_BYTES} bytes"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The job command this report is, at `now`.
+    pub(super) fn command(
+        &self,
+        factory_id: FactoryId,
+        jitter: f64,
+        now: DateTime<Utc>,
+    ) -> JobCommand {
+        JobCommand::Report {
+            factory_id,
+            epoch: self.epoch,
+            status: self.status,
+            report: Report {
+                progress: self.progress,
+                checkpoint: self.checkpoint.clone(),
+                cost_usd: self.cost_usd,
+                error: self.error.clone(),
+            },
+            jitter,
+            now,
+        }
+    }
+
+    /// Whether this report ends the run.
+    pub(super) fn ends_run(&self) -> bool {
+        self.status != ReportStatus::Running
+    }
+}
+
 /// `POST /fleet/jobs/:id/report` → 200 the job. Re-sending the report that ended the
 /// run answers 200 and appends nothing.
 #[utoipa::path(post, path = "/fleet/jobs/{job_id}/report", tag = "leases", params(("job_id" = String, Path, description = "The job")), request_body = ReportBody, responses((status = 200, description = "The job", body = JobView), (status = 409, description = "fenced or invalid_stage", body = ErrorBody), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 404, description = "Not found or not in the token's products", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
@@ -255,31 +336,13 @@ pub async fn report(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ReportBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let (factory_id, job) = factory_job(&state, caller, &id).await?;
-    if body.error.as_ref().is_some_and(|e| e.len() > 10_000) {
-        return Err(ApiError::invalid(
-            "error",
-            "error must be at most 10000 bytes",
-        ));
-    }
+    let (factory_id, stream) = factory_stream(&state, caller, &id).await?;
+    body.check("")?;
     let jitter: f64 = rand::thread_rng().gen();
-    let report = Report {
-        progress: body.progress,
-        checkpoint: body.checkpoint.clone(),
-        cost_usd: body.cost_usd,
-        error: body.error.clone(),
-    };
-    let done = execute::<Job, _>(&state, &stream_of(&job), |now| JobCommand::Report {
-        factory_id,
-        epoch: body.epoch,
-        status: body.status,
-        report: report.clone(),
-        jitter,
-        now,
-    })
-    .await
-    .map_err(into_api::<Job>)?;
-    if body.status != ReportStatus::Running && !done.events.is_empty() {
+    let done = execute::<Job, _>(&state, &stream, |now| body.command(factory_id, jitter, now))
+        .await
+        .map_err(into_api::<Job>)?;
+    if body.ends_run() && !done.events.is_empty() {
         tracing::info!(job_id = %id, factory_id = %factory_id, status = ?body.status, "run ended");
     }
     Ok(Json(views::job(&done.aggregate)))

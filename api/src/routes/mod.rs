@@ -2,6 +2,7 @@
 
 mod artifacts;
 mod audit;
+mod batch;
 mod events;
 mod factories;
 mod flags;
@@ -48,6 +49,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(leases::release))
         .routes(routes!(leases::report))
         .routes(routes!(leases::claim))
+        .routes(routes!(batch::claim))
+        .routes(routes!(batch::report))
         .routes(routes!(artifacts::upload, artifacts::list))
         .routes(routes!(artifacts::download, artifacts::delete))
         .routes(routes!(events::list))

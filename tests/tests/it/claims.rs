@@ -250,3 +250,101 @@ async fn concurrent_claims_of_one_factory_never_exceed_its_capacity() {
         assert_eq!(granted, 2, "round {round}: capacity 2, granted {granted}");
     }
 }
+
+/// Holds factory `id`'s row as a claim in progress does, until the returned
+/// transaction ends.
+async fn hold_factory_row(
+    app: &gigafactory_tests::TestApp,
+    id: &str,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM factory_view WHERE factory_id = $1::uuid FOR UPDATE")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx
+}
+
+/// POSTs from a task of its own: (status, body).
+fn post_in_background(
+    app: &gigafactory_tests::TestApp,
+    path: &str,
+    token: &str,
+    body: serde_json::Value,
+) -> tokio::task::JoinHandle<(StatusCode, serde_json::Value)> {
+    let (http, url, token) = (
+        app.http.clone(),
+        format!("{}{path}", app.base),
+        token.to_string(),
+    );
+    tokio::spawn(async move {
+        let r = http
+            .post(url)
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    })
+}
+
+#[tokio::test]
+async fn a_renewal_waits_for_a_claim_counting_leases_and_judges_by_the_time_after_it() {
+    let app = spawn_app().await;
+    let op = app.operator(&["p1"]).await;
+    app.submit(&op, json!({"productId": "p1", "title": "t"}))
+        .await;
+    let (factory, ft) = app.enroll(&op, &["p1"], &[], 1).await;
+    let r = app
+        .post("/fleet/claim", &ft, json!({"leaseTtlSecs": 10}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let id = r.body["job"]["id"].as_str().unwrap().to_string();
+    let epoch = r.body["lease"]["epoch"].as_u64().unwrap();
+
+    // A claim of this factory is counting its leases...
+    let claim_in_progress = hold_factory_row(&app, &factory).await;
+    let renewal = post_in_background(
+        &app,
+        &format!("/fleet/jobs/{id}/lease/renew"),
+        &ft,
+        json!({"epoch": epoch}),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!renewal.is_finished(), "the renewal waits for the claim");
+    // ...and judges the lease expired (its clock is past the expiry).
+    app.state.clock.advance(chrono::Duration::seconds(11));
+    claim_in_progress.commit().await.unwrap();
+    let (status, body) = renewal.await.unwrap();
+    assert_eq!(status, StatusCode::CONFLICT, "{body:?}");
+    assert_eq!(body["error"]["code"], "fenced");
+}
+
+#[tokio::test]
+async fn a_claim_that_waited_for_its_factory_dates_the_lease_after_the_wait() {
+    let app = spawn_app().await;
+    let op = app.operator(&["p1"]).await;
+    app.submit(&op, json!({"productId": "p1", "title": "t"}))
+        .await;
+    let (factory, ft) = app.enroll(&op, &["p1"], &[], 1).await;
+    let other_claim = hold_factory_row(&app, &factory).await;
+    let asked = chrono::Utc::now();
+    let claim = post_in_background(&app, "/fleet/claim", &ft, json!({"leaseTtlSecs": 60}));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!claim.is_finished(), "one factory's claims take turns");
+    other_claim.commit().await.unwrap();
+    let (status, body) = claim.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    let expires: chrono::DateTime<chrono::Utc> = body["lease"]["expiresAt"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        expires >= asked + chrono::Duration::milliseconds(61_400),
+        "the lease runs from the time the claim got its turn, not before: {expires}"
+    );
+}

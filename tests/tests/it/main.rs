@@ -4,6 +4,7 @@
 mod artifacts;
 mod audit;
 mod bad_input;
+mod batch;
 mod claims;
 mod leases;
 mod lifecycle;
