@@ -13,10 +13,15 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 /// can tell its own sessions from other `serve` processes' on a shared server.
 /// JIT is off: our statements are short, and a plan misestimated past
 /// `jit_above_cost` (a table not yet analysed) spent 100+ ms compiling.
+/// Prepared statements keep their generic plan (`plan_cache_mode`): with the default,
+/// PostgreSQL re-planned most of ours on every execution (a fifth of its CPU under the
+/// drain, docs/performance.md). So no statement of ours may rely on a parameter's
+/// value to be planned well: optional filters are left out of the SQL, not written as
+/// `$n IS NULL OR …`.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     let options = PgConnectOptions::from_str(url)?
         .application_name(&format!("gigafactory-{}", std::process::id()))
-        .options([("jit", "off")]);
+        .options([("jit", "off"), ("plan_cache_mode", "force_generic_plan")]);
     PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(1)

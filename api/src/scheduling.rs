@@ -25,14 +25,16 @@ pub async fn weights_for(
     let overrides = settings::weights_of(conn, products).await?;
     Ok(products
         .iter()
-        .map(|p| {
-            let config = FleetWeightConfig {
-                product: overrides.get(p).cloned(),
-                request: request.cloned(),
-            };
-            (ProductId(p.clone()), config.resolve())
-        })
+        .map(|p| (ProductId(p.clone()), resolve(overrides.get(p), request)))
         .collect())
+}
+
+fn resolve(product: Option<&WeightOverrides>, request: Option<&WeightOverrides>) -> Weights {
+    FleetWeightConfig {
+        product: product.cloned(),
+        request: request.cloned(),
+    }
+    .resolve()
 }
 
 /// How `factory` ranks the claimable jobs of `products` now, best first.
@@ -46,15 +48,26 @@ pub async fn rank_for_factory(
     now: DateTime<Utc>,
     per_set: i64,
 ) -> Result<Vec<Pick>, ApiError> {
-    let rows = jobs::candidates(conn, products, capabilities, factory_id.0, now, per_set).await?;
-    let running: BTreeMap<ProductId, u32> = jobs::running_by_product(conn, products)
-        .await?
+    let set = jobs::candidates(conn, products, capabilities, factory_id.0, now, per_set).await?;
+    let running: BTreeMap<ProductId, u32> = set
+        .running
         .into_iter()
         .map(|(p, n)| (ProductId(p), n as u32))
         .collect();
-    let weights = weights_for(conn, products, request).await?;
+    let mut weights: HashMap<ProductId, Weights> = HashMap::new();
+    for row in &set.rows {
+        let product = ProductId(row.product_id.clone());
+        if weights.contains_key(&product) {
+            continue;
+        }
+        let stored = match set.weight_overrides.get(&row.product_id) {
+            Some(w) => settings::overrides_of(w.clone())?,
+            None => None,
+        };
+        weights.insert(product, resolve(stored.as_ref(), request));
+    }
     let defaults = Weights::defaults();
-    let candidates: Vec<JobCandidate> = rows.into_iter().map(candidate).collect();
+    let candidates: Vec<JobCandidate> = set.rows.into_iter().map(candidate).collect();
     let factory = FactoryProfile {
         factory_id,
         capabilities: capabilities.to_vec(),

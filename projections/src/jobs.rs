@@ -188,27 +188,34 @@ pub struct JobFilter {
     pub limit: i64,
 }
 
-/// Jobs, newest first, after the cursor.
+/// Jobs, newest first, after the cursor. Only the filters given are in the SQL:
+/// our connections use generic plans (`db::connect`), which cannot drop an
+/// `$n IS NULL OR …` branch — a product filter must reach the planner as
+/// `product_id = $n` to use `job_view_product` for the order.
 pub async fn list(conn: &mut PgConnection, f: &JobFilter) -> Result<Vec<Job>, ProjectionError> {
-    let rows = sqlx::query(
-        "SELECT state FROM job_view
-         WHERE ($1::text[] IS NULL OR product_id = ANY($1))
-           AND ($2::text IS NULL OR product_id = $2)
-           AND ($3::text IS NULL OR stage = $3)
-           AND ($4::text IS NULL OR priority = $4)
-           AND ($5::timestamptz IS NULL OR (created_at, job_id) < ($5, $6))
-         ORDER BY created_at DESC, job_id DESC
-         LIMIT $7",
-    )
-    .bind(f.scope.as_deref())
-    .bind(f.product_id.as_deref())
-    .bind(f.stage.map(|s| s.as_str()))
-    .bind(f.priority.map(|p| p.as_str()))
-    .bind(f.after.map(|a| a.0))
-    .bind(f.after.map(|a| a.1))
-    .bind(f.limit)
-    .fetch_all(&mut *conn)
-    .await?;
+    let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new("SELECT state FROM job_view WHERE true");
+    if let Some(scope) = &f.scope {
+        q.push(" AND product_id = ANY(").push_bind(scope).push(")");
+    }
+    if let Some(product) = &f.product_id {
+        q.push(" AND product_id = ").push_bind(product);
+    }
+    if let Some(stage) = f.stage {
+        q.push(" AND stage = ").push_bind(stage.as_str());
+    }
+    if let Some(priority) = f.priority {
+        q.push(" AND priority = ").push_bind(priority.as_str());
+    }
+    if let Some((created_at, job_id)) = f.after {
+        q.push(" AND (created_at, job_id) < (")
+            .push_bind(created_at)
+            .push(", ")
+            .push_bind(job_id)
+            .push(")");
+    }
+    q.push(" ORDER BY created_at DESC, job_id DESC LIMIT ")
+        .push_bind(f.limit);
+    let rows = q.build().fetch_all(&mut *conn).await?;
     rows.iter()
         .map(|r| serde_json::from_value(r.get("state")).map_err(ProjectionError::State))
         .collect()
@@ -251,12 +258,25 @@ pub struct CandidateRow {
     pub affinity_factory_id: Option<Uuid>,
 }
 
+/// What the scheduler needs to rank a factory's candidates, read in one statement.
+#[derive(Debug, Clone, Default)]
+pub struct CandidateSet {
+    pub rows: Vec<CandidateRow>,
+    /// Leased jobs per product of the candidates (fairness); absent: none.
+    pub running: HashMap<String, i64>,
+    /// The weight override (`product_settings_view.weights`) of each candidate's
+    /// product that has one.
+    pub weight_overrides: HashMap<String, Value>,
+}
+
 /// The claim's bounded candidate set for one factory: the best `per_set` queued,
 /// available jobs of each of `products` it may run by priority, ∪ the oldest
 /// `per_set` of each (a starving job is always seen), ∪ those whose checkpoint it
 /// holds (affinity). One statement, no row locks: the claim then takes the stream
 /// lock of the best one no other claimer holds, and the job aggregate has the last
 /// word. Each set is read per product from an index in the set's order (migration 8).
+/// The same statement brings each candidate product's running count and weight
+/// override (the settings projection's table, read here to save two round trips).
 pub async fn candidates(
     conn: &mut PgConnection,
     products: &[String],
@@ -264,7 +284,7 @@ pub async fn candidates(
     factory_id: Uuid,
     now: DateTime<Utc>,
     per_set: i64,
-) -> Result<Vec<CandidateRow>, sqlx::Error> {
+) -> Result<CandidateSet, sqlx::Error> {
     // `= '{}' OR`: the planner estimates `<@` far too selective (and would sort a
     // sequential scan); most jobs need no capability, which the statistics know.
     let filters = "j.stage = 'queued'
@@ -282,10 +302,19 @@ pub async fn candidates(
         )
     };
     let sql = format!(
-        "({}) UNION ALL ({}) UNION ALL (
+        "WITH candidate AS (({}) UNION ALL ({}) UNION ALL (
              SELECT {columns} FROM job_view j
              WHERE j.affinity_factory_id = $5 AND j.product_id = ANY($1) AND {filters}
-             ORDER BY j.created_at, j.job_id LIMIT $4)",
+             ORDER BY j.created_at, j.job_id LIMIT $4)),
+         running AS (
+             SELECT j.product_id, count(*) AS n FROM job_view j
+             WHERE j.lease_factory_id IS NOT NULL
+               AND j.product_id IN (SELECT product_id FROM candidate)
+             GROUP BY j.product_id)
+         SELECT candidate.*, running.n AS running, s.weights
+         FROM candidate
+         LEFT JOIN running USING (product_id)
+         LEFT JOIN product_settings_view s USING (product_id)",
         per_product("j.priority_rank, j.created_at, j.job_id"),
         per_product("j.created_at, j.job_id"),
     );
@@ -297,39 +326,30 @@ pub async fn candidates(
         .bind(factory_id)
         .fetch_all(&mut *conn)
         .await?;
-    let mut out: Vec<CandidateRow> = Vec::with_capacity(rows.len());
+    let mut set = CandidateSet::default();
+    let mut seen = std::collections::HashSet::new();
     for r in rows {
         let job_id: Uuid = r.get("job_id");
-        if out.iter().all(|c| c.job_id != job_id) {
-            out.push(CandidateRow {
-                job_id,
-                product_id: r.get("product_id"),
-                priority: r.get("priority"),
-                created_at: r.get("created_at"),
-                required_capabilities: r.get("required_capabilities"),
-                affinity_factory_id: r.get("affinity_factory_id"),
-            });
+        if !seen.insert(job_id) {
+            continue;
         }
+        let product_id: String = r.get("product_id");
+        if let Some(n) = r.get::<Option<i64>, _>("running") {
+            set.running.insert(product_id.clone(), n);
+        }
+        if let Some(w) = r.get::<Option<Value>, _>("weights") {
+            set.weight_overrides.insert(product_id.clone(), w);
+        }
+        set.rows.push(CandidateRow {
+            job_id,
+            product_id,
+            priority: r.get("priority"),
+            created_at: r.get("created_at"),
+            required_capabilities: r.get("required_capabilities"),
+            affinity_factory_id: r.get("affinity_factory_id"),
+        });
     }
-    Ok(out)
-}
-
-/// Running (leased or running) jobs per product, for the fairness term.
-pub async fn running_by_product(
-    conn: &mut PgConnection,
-    products: &[String],
-) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT product_id, count(*) AS n FROM job_view
-         WHERE lease_factory_id IS NOT NULL AND product_id = ANY($1) GROUP BY product_id",
-    )
-    .bind(products)
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get("product_id"), r.get("n")))
-        .collect())
+    Ok(set)
 }
 
 /// A lease as the fleet map shows it.

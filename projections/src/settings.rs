@@ -44,11 +44,16 @@ pub async fn weights_of(
     .fetch_all(&mut *conn)
     .await?;
     rows.iter()
-        .map(|r| {
-            let w: WeightOverrides =
-                serde_json::from_value(r.get("weights")).map_err(ProjectionError::State)?;
-            Ok((r.get::<String, _>("product_id"), w))
+        .filter_map(|r| {
+            overrides_of(r.get("weights"))
+                .transpose()
+                .map(|w| w.map(|w| (r.get::<String, _>("product_id"), w)))
         })
-        .filter(|r| !matches!(r, Ok((_, w)) if w.is_empty()))
         .collect()
+}
+
+/// A stored `weights` value as an override; `None` when it overrides nothing.
+pub fn overrides_of(stored: serde_json::Value) -> Result<Option<WeightOverrides>, ProjectionError> {
+    let w: WeightOverrides = serde_json::from_value(stored).map_err(ProjectionError::State)?;
+    Ok((!w.is_empty()).then_some(w))
 }

@@ -81,6 +81,83 @@ async fn an_event_committed_out_of_order_is_still_projected_in_one_order() {
     assert_eq!(titles(&app).await, ["a", "b"], "the projector applied both");
 }
 
+/// `n` events of `stream` from `from_sequence` on: priority changes (any job event
+/// does for the log's order).
+fn followers(stream: &str, from_sequence: u64, n: usize) -> Vec<NewEvent> {
+    (0..n)
+        .map(|i| {
+            let event = JobEvent::PriorityChanged {
+                from: Priority::Normal,
+                to: Priority::High,
+                at: Utc::now(),
+            };
+            NewEvent::of::<Job>(
+                stream,
+                from_sequence + i as u64,
+                &event,
+                Some("p1"),
+                &["p1".to_string()],
+            )
+        })
+        .collect()
+}
+
+async fn positions_of(app: &TestApp, stream: &str) -> Vec<Option<i64>> {
+    sqlx::query_scalar("SELECT position FROM events WHERE aggregate_id = $1 ORDER BY sequence")
+        .bind(stream)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_stream_keeps_its_order_when_its_later_event_has_the_older_transaction() {
+    let app = spawn_app().await;
+    // Transaction L takes its id first, but appends the stream's second event after
+    // transaction E appended (and committed) the first: txid(L) < txid(E).
+    let mut later = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *later)
+        .await
+        .unwrap();
+    let (stream, first) = submitted("s");
+    let mut earlier = app.pool.begin().await.unwrap();
+    append(&mut earlier, &[first]).await.unwrap();
+    earlier.commit().await.unwrap();
+    // L appends sequence 2 and 3 in one transaction, and another stream's event.
+    let (other, other_row) = submitted("o");
+    let mut rows = followers(&stream, 2, 2);
+    rows.push(other_row);
+    append(&mut later, &rows).await.unwrap();
+    later.commit().await.unwrap();
+
+    app.settle().await;
+    let positions: Vec<i64> = positions_of(&app, &stream)
+        .await
+        .into_iter()
+        .map(|p| p.expect("positioned"))
+        .collect();
+    assert_eq!(positions.len(), 3);
+    assert!(
+        positions[0] < positions[1] && positions[1] < positions[2],
+        "each stream in sequence order: {positions:?}"
+    );
+    assert!(positions_of(&app, &other).await[0].is_some());
+    let all: Vec<i64> = sqlx::query_scalar("SELECT position FROM events ORDER BY position")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert!(
+        all.iter().enumerate().all(|(i, p)| *p == i as i64 + 1),
+        "every event positioned, no gaps: {all:?}"
+    );
+    let head: i64 = sqlx::query_scalar("SELECT last_position FROM event_log_head")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(head, all.len() as i64);
+}
+
 /// Every log-built read-model table, as text, in a stable order.
 async fn snapshot(app: &TestApp) -> Vec<String> {
     let mut out = Vec::new();
