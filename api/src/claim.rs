@@ -76,7 +76,7 @@ pub async fn claim_jobs(
             &products,
             weights,
             now,
-            CANDIDATES_PER_SET.max(want as i64),
+            candidates_per_set(want),
         )
         .await?;
         if let Some(job) = nominated {
@@ -112,6 +112,18 @@ pub async fn claim_jobs(
         }
     }
     Ok(vec![])
+}
+
+/// Rows per candidate set for a claim of `want` jobs. Concurrent claimers rank the
+/// same jobs the same way and each takes the best ones no other holds: a batch
+/// reads a window a few batches deep, so that several batch claims at once each
+/// find a full batch instead of splitting the best `want` between them.
+fn candidates_per_set(want: usize) -> i64 {
+    if want <= 1 {
+        CANDIDATES_PER_SET
+    } else {
+        (want as i64 * 4).clamp(CANDIDATES_PER_SET, 400)
+    }
 }
 
 /// The lease a claim grants, for each job it picks.

@@ -14,7 +14,8 @@ async fn workload(app: &TestApp) -> String {
         for i in 0..4 {
             app.submit(
                 &op,
-                json!({"productId": product, "title": format!("{product}-{i}"), "maxAttempts": 1}),
+                // Not only ASCII: the hash covers UTF-8 bytes, not characters.
+                json!({"productId": product, "title": format!("{product}-{i} — ünï ✓ 日本"), "maxAttempts": 1}),
             )
             .await;
         }
