@@ -1,11 +1,15 @@
--- The sequencer gives positions a set at a time instead of one row at a time: each
--- round is one UPDATE numbering, in (txid, id) order, the unpositioned events below the
--- visibility horizon whose stream predecessor already has a position. An event whose
--- predecessor is positioned in this round (a command that appended two events to one
--- stream) gets its position in the next round of the same call, so it still follows
--- its predecessor; events of other streams may come in between, which the log order
--- allows (SPEC §11: one order, each stream in sequence order). Held-back events are
--- stepped over as before, so they can never stall the sequencer.
+-- The sequencer gives positions a set at a time instead of one row at a time, with
+-- the same result as the walk it replaces (migration 7). The walk went through the
+-- unpositioned events below the visibility horizon in (txid, id) order, giving the
+-- next position to each event whose stream predecessor had one (possibly given
+-- earlier in the same walk) and stepping over the others, then walked again while it
+-- made progress. One round here is one such walk, as one UPDATE: among the first
+-- rows in (txid, id) order, an event is numbered when its stream's events in the
+-- window, from the stream's first unpositioned one up to it, are contiguous and come
+-- in sequence order — exactly the events the walk would have reached with their
+-- predecessor already numbered. Positions follow (txid, id) order among them. The
+-- rest wait for the next round of the same call (held-back events are stepped over,
+-- so they can never stall the sequencer).
 CREATE OR REPLACE FUNCTION gf_assign_positions(max_batch int) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     head    bigint;
@@ -17,19 +21,38 @@ BEGIN
     -- Every transaction below the horizon has ended; later statements see them all.
     horizon := pg_snapshot_xmin(pg_current_snapshot());
     LOOP
-        WITH ready AS (
-            SELECT e.id, e.txid FROM events e
-            WHERE e.position IS NULL
-              AND e.txid < horizon
+        WITH candidate AS (
+            SELECT w.id, w.aggregate_type, w.aggregate_id, w.sequence,
+                   row_number() OVER (ORDER BY w.txid, w.id) AS ord
+            FROM (SELECT e.id, e.txid, e.aggregate_type, e.aggregate_id, e.sequence
+                  FROM events e
+                  WHERE e.position IS NULL AND e.txid < horizon
+                  ORDER BY e.txid, e.id
+                  LIMIT max_batch - given) AS w
+        ), by_stream AS (
+            SELECT c.*,
+                   row_number() OVER s AS rn,
+                   first_value(c.sequence) OVER s AS first_sequence,
+                   coalesce(lag(c.ord) OVER s < c.ord, true) AS after_previous
+            FROM candidate c
+            WINDOW s AS (PARTITION BY c.aggregate_type, c.aggregate_id ORDER BY c.sequence)
+        ), chained AS (
+            SELECT b.*,
+                   bool_and(b.after_previous) OVER (
+                       PARTITION BY b.aggregate_type, b.aggregate_id ORDER BY b.sequence
+                   ) AS in_order
+            FROM by_stream b
+        ), ready AS (
+            SELECT ch.id, ch.ord FROM chained ch
+            WHERE ch.in_order
+              AND ch.sequence = ch.first_sequence + ch.rn - 1
               AND NOT EXISTS (SELECT 1 FROM events p
-                              WHERE p.aggregate_type = e.aggregate_type
-                                AND p.aggregate_id = e.aggregate_id
-                                AND p.sequence = e.sequence - 1
+                              WHERE p.aggregate_type = ch.aggregate_type
+                                AND p.aggregate_id = ch.aggregate_id
+                                AND p.sequence = ch.first_sequence - 1
                                 AND p.position IS NULL)
-            ORDER BY e.txid, e.id
-            LIMIT max_batch - given
         ), numbered AS (
-            SELECT id, head + row_number() OVER (ORDER BY txid, id) AS position FROM ready
+            SELECT id, head + row_number() OVER (ORDER BY ord) AS position FROM ready
         )
         UPDATE events e SET position = numbered.position
         FROM numbered WHERE e.id = numbered.id;

@@ -139,8 +139,8 @@ enum Granted {
     Leases(Vec<Claimed>, Vec<EventRecord>),
     /// No job can be granted (all refused, or none ranked).
     Nothing,
-    /// None granted, but other claimers held some, or an append conflicted (the
-    /// transaction is aborted): try again.
+    /// None granted, but other claimers held or took some since the read, or an
+    /// append conflicted (the transaction is aborted): read again.
     Contended,
 }
 
@@ -156,14 +156,21 @@ impl Grant<'_> {
     ) -> Result<Granted, ApiError> {
         let mut claimed = Vec::new();
         let mut events = Vec::new();
-        let mut held_by_others = false;
+        // Whether others held picks we passed, or took picks since our read (we
+        // locked them, the aggregate refused): a fresh read may find more.
+        let mut raced = false;
+        // Refused picks keep their locks until the commit: bound how many one claim
+        // holds (they live in the server's shared lock table).
+        let mut locks_left = 2 * want + 16;
         let mut rest = ranked;
-        while claimed.len() < want && !rest.is_empty() {
-            let locked = lock_free(tx, rest, want - claimed.len()).await?;
+        while claimed.len() < want && !rest.is_empty() && locks_left > 0 {
+            let limit = (want - claimed.len()).min(locks_left);
+            let locked = lock_free(tx, rest, limit).await?;
             let Some(&last) = locked.last() else {
-                held_by_others = true;
+                raced = true;
                 break;
             };
+            locks_left -= locked.len();
             let picks: Vec<&Pick> = locked.iter().map(|&i| &rest[i]).collect();
             let commands = picks
                 .iter()
@@ -197,16 +204,23 @@ impl Grant<'_> {
                             breakdown: pick.breakdown,
                             now: self.now,
                         });
+                        continue;
                     }
                 }
+                raced = true;
             }
-            // Those skipped before the last one locked were held by others.
-            held_by_others |= locked.len() < last + 1;
+            // Those skipped before the last one locked were held by others; fewer
+            // locks than asked for: the scan passed all the rest, held by others.
+            raced |= locked.len() < last + 1;
+            if locked.len() < limit {
+                raced |= last + 1 < rest.len();
+                break;
+            }
             rest = &rest[last + 1..];
         }
         Ok(if !claimed.is_empty() {
             Granted::Leases(claimed, events)
-        } else if held_by_others {
+        } else if raced {
             Granted::Contended
         } else {
             Granted::Nothing

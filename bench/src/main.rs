@@ -117,6 +117,10 @@ fn tracing_subscriber_init() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=100).contains(&args.batch),
+        "--batch must be between 1 and 100 (the batch endpoints' limit)"
+    );
     let bin = args.server_bin()?;
     anyhow::ensure!(
         bin.exists(),

@@ -123,7 +123,7 @@ pub async fn append(
                 CASE WHEN vis = '' THEN '{}'::text[] ELSE string_to_array(vis, chr(31)) END
          FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
                      $7::text[], $8::text[]) AS u(t, i, s, et, v, p, pr, vis)
-         RETURNING id, recorded_at",
+         RETURNING aggregate_type, aggregate_id, sequence, id, recorded_at",
     )
     .bind(&types)
     .bind(&ids)
@@ -139,22 +139,46 @@ pub async fn append(
         sqlx::Error::Database(d) if d.is_unique_violation() => AppendError::Conflict,
         _ => AppendError::Db(e),
     })?;
-    Ok(events
+    // RETURNING's order is not promised: match each row to its event by its primary
+    // key (aggregate type, stream, sequence).
+    type Key = (String, String, i64);
+    let stored: std::collections::HashMap<Key, (i64, DateTime<Utc>)> = rows
         .iter()
-        .zip(rows)
-        .map(|(e, row)| EventRecord {
-            id: row.get("id"),
-            position: None,
-            aggregate_type: e.aggregate_type.to_string(),
-            aggregate_id: e.aggregate_id.clone(),
-            sequence: e.sequence,
-            event_type: e.event_type.clone(),
-            payload: e.payload.clone(),
-            recorded_at: row.get("recorded_at"),
-            product_id: e.product_id.clone(),
-            visible_to: e.visible_to.clone(),
+        .map(|r| {
+            (
+                (
+                    r.get("aggregate_type"),
+                    r.get("aggregate_id"),
+                    r.get("sequence"),
+                ),
+                (r.get("id"), r.get("recorded_at")),
+            )
         })
-        .collect())
+        .collect();
+    events
+        .iter()
+        .map(|e| {
+            let (id, recorded_at) = *stored
+                .get(&(
+                    e.aggregate_type.to_string(),
+                    e.aggregate_id.clone(),
+                    e.sequence,
+                ))
+                .ok_or_else(|| AppendError::Db(sqlx::Error::RowNotFound))?;
+            Ok(EventRecord {
+                id,
+                position: None,
+                aggregate_type: e.aggregate_type.to_string(),
+                aggregate_id: e.aggregate_id.clone(),
+                sequence: e.sequence,
+                event_type: e.event_type.clone(),
+                payload: e.payload.clone(),
+                recorded_at,
+                product_id: e.product_id.clone(),
+                visible_to: e.visible_to.clone(),
+            })
+        })
+        .collect()
 }
 
 /// Tells every listening process that events were committed (a transaction of its
@@ -276,17 +300,31 @@ pub async fn read_after(
     limit: i64,
     scope: Scope<'_>,
 ) -> Result<Vec<EventRecord>, sqlx::Error> {
-    let sql = format!(
-        "SELECT {RECORD_COLUMNS} FROM events
-         WHERE position > $1 AND ($3::text[] IS NULL OR visible_to && $3)
-         ORDER BY position LIMIT $2"
-    );
-    let rows = sqlx::query(&sql)
-        .bind(after)
-        .bind(limit)
-        .bind(scope)
-        .fetch_all(&mut *conn)
-        .await?;
+    // Two statements, not `$3 IS NULL OR …`: a generic plan (db::connect) must still
+    // be free to use the visible_to index for a narrow scope.
+    let rows = match scope {
+        None => {
+            sqlx::query(&format!(
+                "SELECT {RECORD_COLUMNS} FROM events WHERE position > $1
+                 ORDER BY position LIMIT $2"
+            ))
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await?
+        }
+        Some(products) => {
+            sqlx::query(&format!(
+                "SELECT {RECORD_COLUMNS} FROM events WHERE position > $1 AND visible_to && $3
+                 ORDER BY position LIMIT $2"
+            ))
+            .bind(after)
+            .bind(limit)
+            .bind(products)
+            .fetch_all(&mut *conn)
+            .await?
+        }
+    };
     Ok(rows.iter().map(record).collect())
 }
 

@@ -130,9 +130,16 @@ pub async fn rebuild_into(
             let (pool, events, schema) = (pool.clone(), events.clone(), schema.to_string());
             groups.push(tokio::spawn(async move {
                 let mut tx = pool.begin().await?;
-                sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
-                    .execute(&mut *tx)
-                    .await?;
+                // Custom plans here: the fresh tables have no statistics yet, and a
+                // generic plan made now (a sequential scan) would then search each
+                // batch's id array linearly per row, where a custom plan hashes it.
+                sqlx::query(
+                    "SELECT set_config('search_path', $1, true),
+                            set_config('plan_cache_mode', 'auto', true)",
+                )
+                .bind(format!("{schema}, public"))
+                .execute(&mut *tx)
+                .await?;
                 for p in group {
                     p.apply_batch(&mut tx, &events).await?;
                 }

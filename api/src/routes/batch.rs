@@ -18,7 +18,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use gigafactory_domain::job::Job;
+use gigafactory_domain::job::{Job, ReportStatus};
 use gigafactory_domain::{JobId, ProductId};
 use gigafactory_projections::jobs;
 use rand::Rng;
@@ -27,13 +27,22 @@ use serde_json::{json, Value};
 use std::collections::HashSet;
 use uuid::Uuid;
 
+/// The one-job claim's fields plus `max`. Spelled out rather than flattened, so a
+/// value of the wrong type is named by its field in the 422.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchClaim {
     /// Most jobs to claim (1–100); never more than the factory's free capacity.
     max: usize,
-    #[serde(flatten)]
-    claim: Claim,
+    #[serde(default)]
+    product_ids: Option<Vec<String>>,
+    #[serde(default)]
+    #[schema(value_type = Option<std::collections::BTreeMap<String, f64>>)]
+    weights: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    wait_ms: u64,
+    #[serde(default)]
+    lease_ttl_secs: Option<u32>,
 }
 
 /// `POST /fleet/batch/claim` → 200 `{"claims": [{job, lease, runId, breakdown}, ..]}`
@@ -51,7 +60,13 @@ pub async fn claim(
             format!("max must be between 1 and {MAX_BATCH}"),
         ));
     }
-    let claimed = wait_for_claims(&state, factory_id, &body.claim, body.max).await?;
+    let claim = Claim {
+        product_ids: body.product_ids,
+        weights: body.weights,
+        wait_ms: body.wait_ms,
+        lease_ttl_secs: body.lease_ttl_secs,
+    };
+    let claimed = wait_for_claims(&state, factory_id, &claim, body.max).await?;
     if claimed.is_empty() {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
@@ -59,12 +74,37 @@ pub async fn claim(
     Ok(Json(json!({ "claims": claims })).into_response())
 }
 
+/// One report: the job plus the one-job report's fields (spelled out, not
+/// flattened, so a wrong value is named `reports[n].<field>`).
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchReportItem {
     job_id: String,
-    #[serde(flatten)]
-    report: ReportBody,
+    epoch: u64,
+    /// running | succeeded | failed
+    #[schema(value_type = String)]
+    status: ReportStatus,
+    #[serde(default)]
+    progress: Option<f64>,
+    #[serde(default)]
+    checkpoint: Option<Value>,
+    #[serde(default)]
+    cost_usd: Option<f64>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+impl BatchReportItem {
+    fn report(&self) -> ReportBody {
+        ReportBody {
+            epoch: self.epoch,
+            status: self.status,
+            progress: self.progress,
+            checkpoint: self.checkpoint.clone(),
+            cost_usd: self.cost_usd,
+            error: self.error.clone(),
+        }
+    }
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -75,10 +115,10 @@ pub struct BatchReport {
 
 /// `POST /fleet/batch/report` → 200 `{"results": [..]}`, one per report in order:
 /// `{"jobId", "status": 200, "job"}` or `{"jobId", "status": 404|409|422, "error"}`.
-/// A malformed batch (not 1–100 reports, a job twice, a field out of range) is
+/// A malformed batch (not 1–100 reports, a job twice, an `error` text too long) is
 /// refused whole with 422 and appends nothing; otherwise each report stands alone
-/// (one fenced report does not stop the others) and all the accepted ones commit
-/// together before the answer.
+/// (one fenced report, or one the job refuses as invalid, does not stop the others)
+/// and all the accepted ones commit together before the answer.
 #[utoipa::path(post, path = "/fleet/batch/report", tag = "leases", request_body = BatchReport, responses((status = 200, description = "One result per report, in order", body = ReportedBatch), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "No or bad token", body = ErrorBody), (status = 403, description = "Not allowed for this token", body = ErrorBody), (status = 422, description = "Invalid values", body = ErrorBody), (status = 503, description = "Database unavailable", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn report(
     State(state): State<AppState>,
@@ -97,15 +137,16 @@ pub async fn report(
         .iter()
         .map(|i| Uuid::parse_str(&i.job_id).ok())
         .collect();
+    let reports: Vec<ReportBody> = items.iter().map(BatchReportItem::report).collect();
     let mut seen = HashSet::new();
-    for (n, (item, id)) in items.iter().zip(&ids).enumerate() {
+    for (n, (report, id)) in reports.iter().zip(&ids).enumerate() {
         if id.is_some_and(|id| !seen.insert(id)) {
             return Err(ApiError::invalid(
                 format!("reports[{n}].jobId"),
                 "a job may be reported once per batch",
             ));
         }
-        item.report.check(&format!("reports[{n}]."))?;
+        report.check(&format!("reports[{n}]."))?;
     }
     let known: Vec<Uuid> = ids.iter().flatten().copied().collect();
     let products = jobs::products_of(&mut *state.pool.acquire().await?, &known).await?;
@@ -133,9 +174,7 @@ pub async fn report(
         vec![]
     } else {
         execute_many::<Job, _>(&state, &streams, |i, now| {
-            items[visible[i].0]
-                .report
-                .command(factory_id, jitters[i], now)
+            reports[visible[i].0].command(factory_id, jitters[i], now)
         })
         .await
         .map_err(into_api::<Job>)?
@@ -151,13 +190,17 @@ pub async fn report(
         let item = &items[*n];
         results[*n] = match outcome {
             Ok(done) => {
-                if item.report.ends_run() && !done.events.is_empty() {
+                if reports[*n].ends_run() && !done.events.is_empty() {
                     tracing::info!(job_id = %item.job_id, factory_id = %factory_id, "run ended");
                 }
                 json!({"jobId": item.job_id, "status": 200, "job": views::job(&done.aggregate)})
             }
             Err(refused) => {
-                let (status, error) = ApiError::from(refused).status_and_body();
+                let (status, mut error) = ApiError::from(refused).status_and_body();
+                // A field the job refused is named as the batch names it.
+                if let Some(field) = error["field"].as_str() {
+                    error["field"] = json!(format!("reports[{n}].{field}"));
+                }
                 json!({"jobId": item.job_id, "status": status.as_u16(), "error": error})
             }
         };

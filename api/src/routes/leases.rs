@@ -34,14 +34,14 @@ use tokio::time::Instant;
 #[serde(rename_all = "camelCase")]
 pub struct Claim {
     #[serde(default)]
-    product_ids: Option<Vec<String>>,
+    pub(super) product_ids: Option<Vec<String>>,
     #[serde(default)]
     #[schema(value_type = Option<std::collections::BTreeMap<String, f64>>)]
-    weights: Option<serde_json::Map<String, Value>>,
+    pub(super) weights: Option<serde_json::Map<String, Value>>,
     #[serde(default)]
-    wait_ms: u64,
+    pub(super) wait_ms: u64,
     #[serde(default)]
-    lease_ttl_secs: Option<u32>,
+    pub(super) lease_ttl_secs: Option<u32>,
 }
 
 /// Longest claim long poll.
@@ -266,18 +266,18 @@ pub async fn release(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReportBody {
-    epoch: u64,
+    pub(super) epoch: u64,
     /// running | succeeded | failed
     #[schema(value_type = String)]
-    status: ReportStatus,
+    pub(super) status: ReportStatus,
     #[serde(default)]
-    progress: Option<f64>,
+    pub(super) progress: Option<f64>,
     #[serde(default)]
-    checkpoint: Option<Value>,
+    pub(super) checkpoint: Option<Value>,
     #[serde(default)]
-    cost_usd: Option<f64>,
+    pub(super) cost_usd: Option<f64>,
     #[serde(default)]
-    error: Option<String>,
+    pub(super) error: Option<String>,
 }
 
 /// Longest `error` text a report may carry.

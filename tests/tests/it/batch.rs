@@ -85,6 +85,11 @@ async fn batch_claim_takes_the_best_jobs_up_to_max_and_free_capacity() {
     }
     // At capacity: nothing more.
     assert!(batch_claim(&app, &ft, 10).await.is_empty());
+    // Room for 5, asks for 1: one (of the two low ones left).
+    let (_, roomy) = app.enroll(&op, &["p1"], &[], 5).await;
+    let one = batch_claim(&app, &roomy, 1).await;
+    assert_eq!(one.len(), 1);
+    assert!(ids.of("low").contains(&job_and_epoch(&one[0]).0));
 
     // The log holds one LeaseGranted per job, all from one transaction.
     let rows = sqlx::query(
@@ -95,9 +100,9 @@ async fn batch_claim_takes_the_best_jobs_up_to_max_and_free_capacity() {
     .fetch_one(&app.pool)
     .await
     .unwrap();
-    assert_eq!(rows.get::<i64, _>("grants"), 4);
-    assert_eq!(rows.get::<i64, _>("jobs"), 4);
-    assert_eq!(rows.get::<i64, _>("transactions"), 1);
+    assert_eq!(rows.get::<i64, _>("grants"), 5);
+    assert_eq!(rows.get::<i64, _>("jobs"), 5);
+    assert_eq!(rows.get::<i64, _>("transactions"), 2, "one per batch claim");
 }
 
 #[tokio::test]
@@ -159,6 +164,24 @@ async fn batch_report_settles_each_report_on_its_own() {
         )
         .await;
     assert!(r.status.is_client_error(), "{:?}", r.body);
+    let r = app
+        .post(
+            "/fleet/batch/report",
+            &ft,
+            json!({"reports": [{"jobId": a, "epoch": "seven", "status": "succeeded"}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.body);
+    assert_eq!(r.body["error"]["field"], "reports[0].epoch");
+    let r = app
+        .post(
+            "/fleet/batch/claim",
+            &ft,
+            json!({"max": 1, "waitMs": "soon"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.body);
+    assert_eq!(r.body["error"]["field"], "waitMs");
     assert_eq!(
         app.event_count().await,
         before,
@@ -225,6 +248,27 @@ async fn batch_report_settles_each_report_on_its_own() {
         "leased"
     );
 
+    // A value the job refuses is that report's outcome, named as the batch names it.
+    let before = app.event_count().await;
+    let r = app
+        .post(
+            "/fleet/batch/report",
+            &ft,
+            json!({"reports": [
+                {"jobId": a, "epoch": ea, "status": "succeeded", "costUsd": 0.25},
+                {"jobId": b, "epoch": eb, "status": "running", "progress": 2.0},
+            ]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["results"][0]["status"], 200);
+    assert_eq!(r.body["results"][1]["status"], 422);
+    assert_eq!(
+        r.body["results"][1]["error"]["field"],
+        "reports[1].progress"
+    );
+    assert_eq!(app.event_count().await, before, "nothing new to append");
+
     // Re-sending the final reports answers 200 and appends nothing.
     let before = app.event_count().await;
     let r = app
@@ -249,6 +293,26 @@ async fn batch_report_settles_each_report_on_its_own() {
         before + 1,
         "only b's report appended"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_batch_claims_of_one_factory_never_exceed_its_capacity() {
+    let app = spawn_app().await;
+    let op = app.operator(&["p1"]).await;
+    for i in 0..20 {
+        app.submit(&op, json!({"productId": "p1", "title": format!("job {i}")}))
+            .await;
+    }
+    let (_, ft) = app.enroll(&op, &["p1"], &[], 6).await;
+    let claims = join_all((0..4).map(|_| batch_claim(&app, &ft, 4))).await;
+    let granted: usize = claims.iter().map(Vec::len).sum();
+    assert_eq!(granted, 6, "exactly the capacity: {claims:?}");
+    let leased: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM job_view WHERE lease_factory_id IS NOT NULL")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(leased, 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -158,6 +158,42 @@ async fn a_stream_keeps_its_order_when_its_later_event_has_the_older_transaction
     assert_eq!(head, all.len() as i64);
 }
 
+#[tokio::test]
+async fn events_that_become_visible_together_keep_their_transactions_order() {
+    let app = spawn_app().await;
+    // An older open transaction holds the horizon while three commit after it: a
+    // stream's first and second event, then another stream's first.
+    let mut holder = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let (a, a1) = submitted("a");
+    let (b, b1) = submitted("b");
+    for rows in [vec![a1], followers(&a, 2, 1), vec![b1]] {
+        let mut tx = app.pool.begin().await.unwrap();
+        append(&mut tx, &rows).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    app.settle_once().await;
+    assert_eq!(
+        positions_of(&app, &a).await,
+        [None, None],
+        "held behind the horizon"
+    );
+    holder.rollback().await.unwrap();
+    app.settle().await;
+    let a_positions: Vec<i64> = positions_of(&app, &a).await.into_iter().flatten().collect();
+    let b_position = positions_of(&app, &b).await[0].unwrap();
+    assert_eq!(a_positions.len(), 2);
+    assert!(
+        a_positions[0] < a_positions[1] && a_positions[1] < b_position,
+        "one round, the transactions' order: a#1 {} a#2 {} b#1 {b_position}",
+        a_positions[0],
+        a_positions[1]
+    );
+}
+
 /// Every log-built read-model table, as text, in a stable order.
 async fn snapshot(app: &TestApp) -> Vec<String> {
     let mut out = Vec::new();
