@@ -93,6 +93,11 @@ struct SimulateArgs {
     /// Upload a small artifact with each successful run.
     #[arg(long)]
     artifacts: bool,
+    /// Jobs per claim call (1–100). Above 1, factories use the batch endpoints
+    /// (docs/batch.md) and report each batch in one call; a factory takes at most its
+    /// --capacity at once.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     /// Also write the summary as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -306,6 +311,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<bool> {
         failure_rate: args.failure_rate,
         work: Duration::from_millis(args.work_ms),
         artifacts: args.artifacts,
+        batch: args.batch,
         progress: true,
     })
     .await?;

@@ -33,6 +33,9 @@ pub struct SimulateOptions {
     pub work: Duration,
     /// Upload a small artifact with each successful run.
     pub artifacts: bool,
+    /// Jobs per claim call: above 1, factories use the batch endpoints
+    /// (`/fleet/batch/claim`, `/fleet/batch/report`), up to their capacity.
+    pub batch: usize,
     pub progress: bool,
 }
 
@@ -116,6 +119,9 @@ fn error_kind(status: u16, body: &Value) -> String {
 pub async fn simulate(o: SimulateOptions) -> anyhow::Result<Summary> {
     if o.products.is_empty() || o.factories == 0 {
         bail!("simulate needs at least one product and one factory");
+    }
+    if !(1..=100).contains(&o.batch) {
+        bail!("--batch must be between 1 and 100");
     }
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(o.factories + 4)
@@ -274,11 +280,16 @@ async fn factory(
             last_heartbeat = Instant::now();
         }
         let t = Instant::now();
-        let (status, claim) = post(
+        let (claim_path, claim_body) = if o.batch > 1 {
+            ("batch/claim", json!({"waitMs": 1000, "max": o.batch}))
+        } else {
+            ("claim", json!({"waitMs": 1000}))
+        };
+        let (status, answer) = post(
             &http,
-            &format!("{base}/fleet/claim"),
+            &format!("{base}/fleet/{claim_path}"),
             &token,
-            &json!({"waitMs": 1000}),
+            &claim_body,
         )
         .await?;
         match status {
@@ -295,52 +306,92 @@ async fn factory(
                 continue;
             }
             s => {
-                shared.error(error_kind(s, &claim));
+                shared.error(error_kind(s, &answer));
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         }
-        let id = claim["job"]["id"].as_str().context("job id")?.to_string();
-        let epoch = claim["lease"]["epoch"].as_u64().context("epoch")?;
+        let claims = if o.batch > 1 {
+            answer["claims"].as_array().context("claims")?.clone()
+        } else {
+            vec![answer]
+        };
+        // The leases' work runs side by side: one wait for the batch.
         if !o.work.is_zero() {
             tokio::time::sleep(o.work).await;
         }
-        let fail = rand::thread_rng().gen_bool(o.failure_rate.clamp(0.0, 1.0));
-        if o.artifacts && !fail {
-            let r = http
-                .post(format!(
-                    "{base}/fleet/jobs/{id}/artifacts?name=result.txt&epoch={epoch}"
-                ))
-                .bearer_auth(&token)
-                .header("content-type", "text/plain")
-                .body(format!("result of {id}"))
-                .send()
+        let mut reports = Vec::with_capacity(claims.len());
+        for claim in &claims {
+            let id = claim["job"]["id"].as_str().context("job id")?.to_string();
+            let epoch = claim["lease"]["epoch"].as_u64().context("epoch")?;
+            let fail = rand::thread_rng().gen_bool(o.failure_rate.clamp(0.0, 1.0));
+            if o.artifacts && !fail {
+                let r = http
+                    .post(format!(
+                        "{base}/fleet/jobs/{id}/artifacts?name=result.txt&epoch={epoch}"
+                    ))
+                    .bearer_auth(&token)
+                    .header("content-type", "text/plain")
+                    .body(format!("result of {id}"))
+                    .send()
+                    .await?;
+                if r.status().as_u16() != 201 {
+                    let s = r.status().as_u16();
+                    shared.error(error_kind(s, &r.json().await.unwrap_or(Value::Null)));
+                }
+            }
+            let report = if fail {
+                json!({"jobId": id, "epoch": epoch, "status": "failed", "error": "simulated failure", "costUsd": 0.01})
+            } else {
+                json!({"jobId": id, "epoch": epoch, "status": "succeeded", "costUsd": 0.04})
+            };
+            reports.push(report);
+        }
+        // (status, answer, failed?) per report.
+        let mut outcomes: Vec<(u16, Value, bool)> = Vec::with_capacity(reports.len());
+        if o.batch > 1 {
+            let (status, body) = post(
+                &http,
+                &format!("{base}/fleet/batch/report"),
+                &token,
+                &json!({"reports": reports}),
+            )
+            .await?;
+            match body["results"].as_array() {
+                Some(results) if status == 200 => {
+                    for (report, result) in reports.iter().zip(results) {
+                        let s = result["status"].as_u64().unwrap_or(0) as u16;
+                        let error = json!({"error": result["error"].clone()});
+                        outcomes.push((s, error, report["status"] == "failed"));
+                    }
+                }
+                _ => shared.error(error_kind(status, &body)),
+            }
+        } else {
+            for report in &reports {
+                let (status, body) = post(
+                    &http,
+                    &format!(
+                        "{base}/fleet/jobs/{}/report",
+                        report["jobId"].as_str().unwrap_or("")
+                    ),
+                    &token,
+                    report,
+                )
                 .await?;
-            if r.status().as_u16() != 201 {
-                let s = r.status().as_u16();
-                shared.error(error_kind(s, &r.json().await.unwrap_or(Value::Null)));
+                outcomes.push((status, body, report["status"] == "failed"));
             }
         }
-        let report = if fail {
-            json!({"epoch": epoch, "status": "failed", "error": "simulated failure", "costUsd": 0.01})
-        } else {
-            json!({"epoch": epoch, "status": "succeeded", "costUsd": 0.04})
-        };
-        let (status, body) = post(
-            &http,
-            &format!("{base}/fleet/jobs/{id}/report"),
-            &token,
-            &report,
-        )
-        .await?;
-        if status != 200 {
-            shared.error(error_kind(status, &body));
-        } else if fail {
-            shared.failed.fetch_add(1, Ordering::Relaxed);
-        } else {
-            shared.succeeded.fetch_add(1, Ordering::Relaxed);
-            if let Some(b) = &bar {
-                b.inc(1);
+        for (status, body, failed) in outcomes {
+            if status != 200 {
+                shared.error(error_kind(status, &body));
+            } else if failed {
+                shared.failed.fetch_add(1, Ordering::Relaxed);
+            } else {
+                shared.succeeded.fetch_add(1, Ordering::Relaxed);
+                if let Some(b) = &bar {
+                    b.inc(1);
+                }
             }
         }
     }

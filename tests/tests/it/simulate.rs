@@ -7,12 +7,21 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simulated_fleet_runs_every_job_to_an_end() {
+    runs_every_job_to_an_end(1, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_fleet_on_the_batch_endpoints_runs_every_job_to_an_end() {
+    runs_every_job_to_an_end(5, 6).await;
+}
+
+async fn runs_every_job_to_an_end(batch: usize, capacity: u32) {
     let app = spawn_app().await;
     let summary = simulate(SimulateOptions {
         url: app.base.clone(),
         token: app.admin_token.clone(),
         factories: 4,
-        capacity: 2,
+        capacity,
         jobs: 40,
         products: vec!["p1".into(), "p2".into()],
         capabilities: vec!["rust".into(), "gpu".into()],
@@ -20,11 +29,24 @@ async fn a_simulated_fleet_runs_every_job_to_an_end() {
         failure_rate: 0.1,
         work: Duration::from_millis(5),
         artifacts: true,
+        batch,
         progress: false,
     })
     .await
     .unwrap();
     assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    let most_grants_in_one_transaction: i64 = sqlx::query_scalar(
+        "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM events
+         WHERE event_type = 'LeaseGranted' GROUP BY txid) t",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    if batch > 1 {
+        assert!(most_grants_in_one_transaction > 1, "batch claims were used");
+    } else {
+        assert_eq!(most_grants_in_one_transaction, 1, "one lease per claim");
+    }
     assert!(summary.runs_succeeded >= 30, "{summary:?}");
     assert!(summary.claim_latency_ms.p50 > 0.0);
     let op = app.operator(&["p1", "p2"]).await;
