@@ -32,7 +32,6 @@ pub const MAX_BATCH: usize = 100;
 pub struct Claimed {
     pub job: Job,
     pub breakdown: Breakdown,
-    pub now: DateTime<Utc>,
 }
 
 /// One attempt to claim up to `max` jobs (never more than the factory's free
@@ -202,7 +201,6 @@ impl Grant<'_> {
                         claimed.push(Claimed {
                             job: aggregate,
                             breakdown: pick.breakdown,
-                            now: self.now,
                         });
                         continue;
                     }

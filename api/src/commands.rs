@@ -121,7 +121,11 @@ pub async fn decide_in<A>(
 where
     A: Aggregate<Services = ()> + Stream + 'static,
 {
-    let mut outcomes = decide_many::<A>(conn, vec![(aggregate_id.to_string(), command)]).await?;
+    only(decide_many::<A>(conn, vec![(aggregate_id.to_string(), command)]).await?)
+}
+
+/// The outcome of a one-command batch, its refusal as the error.
+fn only<A: Aggregate>(mut outcomes: Vec<Outcome<A>>) -> Result<Executed<A>, ExecError<A::Error>> {
     outcomes
         .pop()
         .expect("one outcome per command")
@@ -269,37 +273,12 @@ where
     A: Aggregate<Services = ()> + Stream + 'static,
     F: Fn(DateTime<Utc>) -> A::Command,
 {
-    let key = stream_lock_key::<A>(aggregate_id);
-    for attempt in 0..MAX_CONFLICT_RETRIES {
-        let mut tx = state.pool.begin().await?;
-        // Take the stream's lock first, then read the clock: a command that waited
-        // judges by the time it got its turn.
-        let now = match factory {
-            None => state.clock.now_after_lock(&mut tx, &key).await?,
-            Some(factory) => {
-                lock_streams(&mut tx, std::slice::from_ref(&key)).await?;
-                gigafactory_projections::factories::share_lock(&mut tx, factory).await?;
-                state.clock.now(&mut tx).await?
-            }
-        };
-        match decide_in::<A>(&mut tx, aggregate_id, make(now)).await {
-            Ok(done) => {
-                if done.events.is_empty() {
-                    tx.rollback().await?;
-                } else {
-                    tx.commit().await?;
-                    state.events_committed(&done.events);
-                }
-                return Ok(done);
-            }
-            Err(ExecError::Conflict(_)) => {
-                tx.rollback().await?;
-                conflict_pause(attempt).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(ExecError::Contended)
+    only(
+        in_turn::<A, _>(state, &[aggregate_id.to_string()], factory, |_, now| {
+            make(now)
+        })
+        .await?,
+    )
 }
 
 /// Runs `make(i, now)` on each of `aggregate_ids` (distinct) in one transaction —
@@ -314,14 +293,40 @@ where
     A: Aggregate<Services = ()> + Stream + 'static,
     F: Fn(usize, DateTime<Utc>) -> A::Command,
 {
+    in_turn(state, aggregate_ids, None, make).await
+}
+
+/// The one command loop: in a transaction, take the streams' writer locks (and
+/// `factory`'s row share lock), then read the clock — a command that waited judges by
+/// the time it got its turn — decide, commit if anything was appended; retry the
+/// whole transaction on a conflict with a short random pause.
+async fn in_turn<A, F>(
+    state: &AppState,
+    aggregate_ids: &[String],
+    factory: Option<uuid::Uuid>,
+    make: F,
+) -> Result<Vec<Outcome<A>>, ExecError<A::Error>>
+where
+    A: Aggregate<Services = ()> + Stream + 'static,
+    F: Fn(usize, DateTime<Utc>) -> A::Command,
+{
     let keys: Vec<String> = aggregate_ids
         .iter()
         .map(|id| stream_lock_key::<A>(id))
         .collect();
     for attempt in 0..MAX_CONFLICT_RETRIES {
         let mut tx = state.pool.begin().await?;
-        lock_streams(&mut tx, &keys).await?;
-        let now = state.clock.now(&mut tx).await?;
+        let now = match (&keys[..], factory) {
+            // The common case in one round trip.
+            ([key], None) => state.clock.now_after_lock(&mut tx, key).await?,
+            _ => {
+                lock_streams(&mut tx, &keys).await?;
+                if let Some(factory) = factory {
+                    gigafactory_projections::factories::share_lock(&mut tx, factory).await?;
+                }
+                state.clock.now(&mut tx).await?
+            }
+        };
         let commands = aggregate_ids
             .iter()
             .enumerate()

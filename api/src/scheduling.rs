@@ -23,18 +23,24 @@ pub async fn weights_for(
     request: Option<&WeightOverrides>,
 ) -> Result<HashMap<ProductId, Weights>, ApiError> {
     let overrides = settings::weights_of(conn, products).await?;
-    Ok(products
-        .iter()
-        .map(|p| (ProductId(p.clone()), resolve(overrides.get(p), request)))
-        .collect())
+    Ok(resolve(products.iter(), &overrides, request))
 }
 
-fn resolve(product: Option<&WeightOverrides>, request: Option<&WeightOverrides>) -> Weights {
-    FleetWeightConfig {
-        product: product.cloned(),
-        request: request.cloned(),
-    }
-    .resolve()
+/// Each product's weights: defaults → its stored override → the request's.
+fn resolve<'a>(
+    products: impl Iterator<Item = &'a String>,
+    overrides: &HashMap<String, WeightOverrides>,
+    request: Option<&WeightOverrides>,
+) -> HashMap<ProductId, Weights> {
+    products
+        .map(|p| {
+            let config = FleetWeightConfig {
+                product: overrides.get(p).cloned(),
+                request: request.cloned(),
+            };
+            (ProductId(p.clone()), config.resolve())
+        })
+        .collect()
 }
 
 /// How `factory` ranks the claimable jobs of `products` now, best first.
@@ -54,18 +60,11 @@ pub async fn rank_for_factory(
         .into_iter()
         .map(|(p, n)| (ProductId(p), n as u32))
         .collect();
-    let mut weights: HashMap<ProductId, Weights> = HashMap::new();
-    for row in &set.rows {
-        let product = ProductId(row.product_id.clone());
-        if weights.contains_key(&product) {
-            continue;
-        }
-        let stored = match set.weight_overrides.get(&row.product_id) {
-            Some(w) => settings::overrides_of(w.clone())?,
-            None => None,
-        };
-        weights.insert(product, resolve(stored.as_ref(), request));
-    }
+    let weights = resolve(
+        set.rows.iter().map(|r| &r.product_id),
+        &set.weight_overrides,
+        request,
+    );
     let defaults = Weights::defaults();
     let candidates: Vec<JobCandidate> = set.rows.into_iter().map(candidate).collect();
     let factory = FactoryProfile {

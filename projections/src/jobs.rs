@@ -5,6 +5,7 @@ use crate::{EventRecord, ProjectionError};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use gigafactory_domain::job::Job;
+use gigafactory_domain::scheduler::WeightOverrides;
 use gigafactory_domain::{JobId, Priority, Stage};
 use serde_json::{json, Value};
 use sqlx::{PgConnection, Row};
@@ -226,10 +227,7 @@ pub async fn product_of(
     conn: &mut PgConnection,
     job_id: Uuid,
 ) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT product_id FROM job_view WHERE job_id = $1")
-        .bind(job_id)
-        .fetch_optional(&mut *conn)
-        .await
+    Ok(products_of(conn, &[job_id]).await?.remove(&job_id))
 }
 
 /// The products of several jobs (unknown ids are left out), for scoping a batch.
@@ -266,7 +264,7 @@ pub struct CandidateSet {
     pub running: HashMap<String, i64>,
     /// The weight override (`product_settings_view.weights`) of each candidate's
     /// product that has one.
-    pub weight_overrides: HashMap<String, Value>,
+    pub weight_overrides: HashMap<String, WeightOverrides>,
 }
 
 /// The claim's bounded candidate set for one factory: the best `per_set` queued,
@@ -284,7 +282,7 @@ pub async fn candidates(
     factory_id: Uuid,
     now: DateTime<Utc>,
     per_set: i64,
-) -> Result<CandidateSet, sqlx::Error> {
+) -> Result<CandidateSet, ProjectionError> {
     // `= '{}' OR`: the planner estimates `<@` far too selective (and would sort a
     // sequential scan); most jobs need no capability, which the statistics know.
     let filters = "j.stage = 'queued'
@@ -337,8 +335,10 @@ pub async fn candidates(
         if let Some(n) = r.get::<Option<i64>, _>("running") {
             set.running.insert(product_id.clone(), n);
         }
-        if let Some(w) = r.get::<Option<Value>, _>("weights") {
-            set.weight_overrides.insert(product_id.clone(), w);
+        if let Some(stored) = r.get::<Option<Value>, _>("weights") {
+            if let Some(w) = crate::settings::overrides_of(stored)? {
+                set.weight_overrides.insert(product_id.clone(), w);
+            }
         }
         set.rows.push(CandidateRow {
             job_id,

@@ -192,14 +192,6 @@ pub async fn notify_committed(pool: &PgPool, payload: &str) -> Result<(), sqlx::
     Ok(())
 }
 
-/// Loads aggregate `A` by replaying its stream (in the caller's transaction).
-pub async fn load<A: Aggregate>(
-    conn: &mut PgConnection,
-    aggregate_id: &str,
-) -> Result<A, ProjectionError> {
-    load_until::<A>(conn, aggregate_id, i64::MAX).await
-}
-
 /// Loads several aggregates of type `A` in one query (a batch command holds all
 /// their stream locks). A stream with no events comes back as `A::default()`.
 pub async fn load_many<A: Aggregate>(
