@@ -17,7 +17,7 @@ use crate::error::ApiError;
 use crate::scheduling::{rank_for_factory, Pick, CANDIDATES_PER_SET};
 use chrono::{DateTime, Utc};
 use gigafactory_domain::job::{Job, JobCommand};
-use gigafactory_domain::scheduler::{Breakdown, WeightOverrides};
+use gigafactory_domain::scheduler::{Breakdown, JobCandidate, WeightOverrides};
 use gigafactory_domain::{FactoryId, RunId};
 use gigafactory_projections::factories;
 use gigafactory_projections::EventRecord;
@@ -164,7 +164,7 @@ impl Grant<'_> {
         let mut rest = ranked;
         while claimed.len() < want && !rest.is_empty() && locks_left > 0 {
             let limit = (want - claimed.len()).min(locks_left);
-            let locked = lock_free(tx, rest, limit).await?;
+            let locked = lock_free(tx, rest.iter().map(|p| &p.job), limit).await?;
             let Some(&last) = locked.last() else {
                 raced = true;
                 break;
@@ -226,25 +226,40 @@ impl Grant<'_> {
     }
 }
 
-/// Takes the stream locks of the first `limit` of `picks` (best first) that no other
-/// transaction holds, in one round trip; returns their indexes, ascending. Only those
-/// locks are taken: the scan stops at the `limit`-th success.
-async fn lock_free(
+/// Takes the stream locks of the first `limit` of `jobs` (best first) that are still
+/// queued and that no other transaction holds, in one round trip; returns their
+/// indexes, ascending. Only those locks are taken: the scan stops at the `limit`-th
+/// success.
+pub async fn lock_free<'a>(
     tx: &mut sqlx::PgConnection,
-    picks: &[Pick],
+    jobs: impl IntoIterator<Item = &'a JobCandidate>,
     limit: usize,
 ) -> Result<Vec<usize>, sqlx::Error> {
-    let keys: Vec<String> = picks
-        .iter()
-        .map(|p| stream_lock_key::<Job>(&p.job.job_id.stream_id(&p.job.product_id)))
-        .collect();
+    let (keys, jobs): (Vec<String>, Vec<Uuid>) = jobs
+        .into_iter()
+        .map(|j| {
+            (
+                stream_lock_key::<Job>(&j.job_id.stream_id(&j.product_id)),
+                j.job_id.0,
+            )
+        })
+        .unzip();
     // No ORDER BY: it would evaluate the filter — take the locks — of every row.
+    // A pick another claimer was granted since our read (committed before this
+    // statement began) is stepped over without taking its lock: holding it would make
+    // that job's holder wait for our commit to report or renew. CASE evaluates the
+    // queue check first.
     let ordinals: Vec<i64> = sqlx::query_scalar(
-        "SELECT ord FROM unnest($1::text[]) WITH ORDINALITY AS c(key, ord)
-         WHERE pg_try_advisory_xact_lock(hashtextextended(key, 0)) LIMIT $2",
+        "SELECT ord FROM unnest($1::text[], $3::uuid[]) WITH ORDINALITY AS c(key, job_id, ord)
+         WHERE CASE WHEN EXISTS (SELECT 1 FROM job_view j
+                                 WHERE j.job_id = c.job_id AND j.stage = 'queued')
+                    THEN pg_try_advisory_xact_lock(hashtextextended(key, 0))
+                    ELSE false END
+         LIMIT $2",
     )
     .bind(&keys)
     .bind(limit as i64)
+    .bind(&jobs)
     .fetch_all(&mut *tx)
     .await?;
     let mut indexes: Vec<usize> = ordinals.into_iter().map(|o| o as usize - 1).collect();

@@ -157,7 +157,15 @@ async fn insert_started(conn: &mut PgConnection, runs: &[NewRun]) -> Result<(), 
                                started_at, ended_at, last_sequence)
          SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::bigint[],
                               $6::text[], $7::float8[], $8::timestamptz[], $9::timestamptz[],
-                              $10::bigint[])
+                              $10::bigint[]) AS u(run_id, job_id, product_id, factory_id, epoch,
+                                                  outcome, cost_usd, started_at, ended_at,
+                                                  last_sequence)
+         -- A row already this far along is left alone, unlocked: ON CONFLICT DO UPDATE
+         -- locks the row it meets even when its WHERE is false, and the projector
+         -- re-applying a grant would make the run's report wait for its commit. Rows
+         -- only move forward, so one this far along stays so.
+         WHERE NOT EXISTS (SELECT 1 FROM run_view r
+                           WHERE r.run_id = u.run_id AND r.last_sequence >= u.last_sequence)
          ON CONFLICT (run_id) DO UPDATE SET outcome = EXCLUDED.outcome,
              cost_usd = EXCLUDED.cost_usd, ended_at = EXCLUDED.ended_at,
              last_sequence = EXCLUDED.last_sequence

@@ -348,3 +348,57 @@ async fn a_claim_that_waited_for_its_factory_dates_the_lease_after_the_wait() {
         "the lease runs from the time the claim got its turn, not before: {expires}"
     );
 }
+
+/// A claim's candidate read can be older than another claimer's grant. Taking the
+/// stream lock of a job granted meanwhile would make its holder's report and
+/// renewals wait for that claim to commit: the lock step passes over it unlocked.
+#[tokio::test]
+async fn the_lock_step_passes_over_a_job_granted_since_the_read_without_locking_it() {
+    use gigafactory_domain::scheduler::JobCandidate;
+    use gigafactory_domain::{JobId, Priority, ProductId};
+    let app = spawn_app().await;
+    let op = app.operator(&["p1"]).await;
+    let (_, ft) = app.enroll(&op, &["p1"], &[], 1).await;
+    let first = app
+        .submit(&op, json!({"productId": "p1", "title": "first"}))
+        .await;
+    let second = app
+        .submit(&op, json!({"productId": "p1", "title": "second"}))
+        .await;
+    let granted = app.claim(&ft).await.expect("a lease");
+    assert_eq!(granted["job"]["id"], first["id"]);
+    // The candidates as a read from before that grant saw them: both queued.
+    let candidate = |job: &serde_json::Value| JobCandidate {
+        job_id: JobId(job["id"].as_str().unwrap().parse().unwrap()),
+        product_id: ProductId("p1".into()),
+        priority: Priority::Normal,
+        created_at: chrono::Utc::now(),
+        required_capabilities: vec![],
+        checkpoint_factory: None,
+    };
+    let picks = [candidate(&first), candidate(&second)];
+
+    let mut claiming = app.pool.begin().await.unwrap();
+    let locked = gigafactory_api::claim::lock_free(&mut claiming, &picks, 1)
+        .await
+        .unwrap();
+    assert_eq!(locked, vec![1], "the granted job is passed over");
+    // The granted job's stream lock is free for its holder; the queued one is held.
+    let mut other = app.pool.acquire().await.unwrap();
+    let key = |job: &serde_json::Value| {
+        gigafactory_api::commands::stream_lock_key::<gigafactory_domain::job::Job>(&format!(
+            "p1/{}",
+            job["id"].as_str().unwrap()
+        ))
+    };
+    for (job, free) in [(&first, true), (&second, false)] {
+        let got: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(key(job))
+                .fetch_one(&mut *other)
+                .await
+                .unwrap();
+        assert_eq!(got, free, "{}", job["title"]);
+    }
+    claiming.rollback().await.unwrap();
+}

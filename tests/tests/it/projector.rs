@@ -388,3 +388,54 @@ async fn postgres_es_reads_the_streams_we_write() {
         JobEvent::LeaseGranted { epoch: 2, .. }
     ));
 }
+
+#[tokio::test]
+async fn the_projector_reapplying_a_grant_does_not_hold_up_its_report() {
+    let app = spawn_app().await;
+    let op = app.operator(&["p1"]).await;
+    let (_, ft) = app.enroll(&op, &["p1"], &[], 1).await;
+    app.submit(&op, json!({"productId": "p1", "title": "t"}))
+        .await;
+    let claim = app.claim(&ft).await.expect("a lease");
+    let id = claim["job"]["id"].as_str().unwrap().to_string();
+    let epoch = claim["lease"]["epoch"].as_u64().unwrap();
+    app.settle().await;
+    let grant: Vec<gigafactory_projections::EventRecord> =
+        gigafactory_projections::log::read_after(
+            &mut *app.pool.acquire().await.unwrap(),
+            0,
+            100,
+            None,
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event_type == "LeaseGranted")
+        .collect();
+    assert_eq!(grant.len(), 1);
+
+    // Given a projector transaction that re-applied the grant and has not committed,
+    let mut projecting = app.pool.begin().await.unwrap();
+    gigafactory_projections::projector::Projection::Runs
+        .apply_batch(&mut projecting, &grant)
+        .await
+        .unwrap();
+    // when the holder reports, the report does not wait for that transaction.
+    let report = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        app.post(
+            &format!("/fleet/jobs/{id}/report"),
+            &ft,
+            json!({"epoch": epoch, "status": "succeeded", "costUsd": 0.5}),
+        ),
+    )
+    .await
+    .expect("the report waited for the projector's transaction");
+    assert_eq!(report.status, reqwest::StatusCode::OK, "{:?}", report.body);
+    projecting.commit().await.unwrap();
+    let outcome: String = sqlx::query_scalar("SELECT outcome FROM run_view")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(outcome, "succeeded");
+}
