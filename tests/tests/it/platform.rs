@@ -350,3 +350,54 @@ async fn a_revoked_token_s_stream_ends() {
         "nothing is delivered after the revocation"
     );
 }
+
+/// Adds `n` timeline rows (an append-only table) and makes the counts visible to
+/// the statistics views at once.
+async fn grow_timeline(app: &TestApp, n: i64) {
+    let mut conn = app.pool.acquire().await.unwrap();
+    sqlx::query(
+        "INSERT INTO job_event_view (job_id, sequence, event_type, payload, recorded_at)
+         SELECT gen_random_uuid(), 1, 'JobSubmitted', '{}', now() FROM generate_series(1, $1)",
+    )
+    .bind(n)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+}
+
+/// How often the timeline has been analysed, once the maintainer has had `settle`.
+async fn timeline_analyses(app: &TestApp, settle: Duration) -> i64 {
+    tokio::time::sleep(settle).await;
+    gigafactory_api::maintenance::refresh(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query_scalar(
+        "SELECT analyze_count + autoanalyze_count FROM pg_stat_user_tables
+         WHERE relname = 'job_event_view' AND schemaname = current_schema()",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn append_only_tables_are_analysed_again_only_when_they_have_doubled() {
+    let app = spawn_app().await;
+    // Given a timeline never analysed, 1,000 new rows make it due.
+    grow_timeline(&app, 1_000).await;
+    assert_eq!(timeline_analyses(&app, Duration::from_millis(300)).await, 1);
+    // 700 more (70 %: autovacuum's rule of a tenth would analyse again) do not,
+    // even after the 5 s pause between analyses of one table,
+    grow_timeline(&app, 700).await;
+    assert_eq!(
+        timeline_analyses(&app, Duration::from_millis(5_200)).await,
+        1
+    );
+    // but 1,700 since the last analysis of 1,000 rows do.
+    grow_timeline(&app, 1_000).await;
+    assert_eq!(timeline_analyses(&app, Duration::from_millis(300)).await, 2);
+}
