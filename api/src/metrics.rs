@@ -64,7 +64,7 @@ pub async fn track(req: Request, next: Next) -> Response {
 pub async fn record_projection_lag(state: &AppState) -> Result<(), sqlx::Error> {
     let rows = sqlx::query(
         "SELECT c.projection, h.last_position - c.position AS behind,
-                coalesce(extract(epoch FROM now() - (SELECT recorded_at FROM events e WHERE e.position = c.position + 1)), 0)::float8 AS secs
+                coalesce(extract(epoch FROM now() - (SELECT recorded_at FROM positioned_events e WHERE e.position = c.position + 1)), 0)::float8 AS secs
          FROM projection_checkpoints c, event_log_head h",
     )
     .fetch_all(&state.pool)

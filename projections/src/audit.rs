@@ -50,7 +50,7 @@ pub async fn read_for_audit(
                 payload::text AS payload, metadata::text AS metadata, recorded_at, hash,
                 gf_event_canonical(aggregate_type, aggregate_id, sequence, event_type, event_version,
                                    payload, metadata) AS canonical
-         FROM events
+         FROM positioned_events
          WHERE position > $1 AND ($3::text IS NULL OR $3 = ANY(visible_to))
          ORDER BY position LIMIT $2",
     )

@@ -297,7 +297,7 @@ pub async fn read_after(
     let rows = match scope {
         None => {
             sqlx::query(&format!(
-                "SELECT {RECORD_COLUMNS} FROM events WHERE position > $1
+                "SELECT {RECORD_COLUMNS} FROM positioned_events WHERE position > $1
                  ORDER BY position LIMIT $2"
             ))
             .bind(after)
@@ -307,7 +307,8 @@ pub async fn read_after(
         }
         Some(products) => {
             sqlx::query(&format!(
-                "SELECT {RECORD_COLUMNS} FROM events WHERE position > $1 AND visible_to && $3
+                "SELECT {RECORD_COLUMNS} FROM positioned_events
+                 WHERE position > $1 AND visible_to && $3
                  ORDER BY position LIMIT $2"
             ))
             .bind(after)
@@ -320,17 +321,31 @@ pub async fn read_after(
     Ok(rows.iter().map(record).collect())
 }
 
+/// Committed events without a position: those from the sequencer's mark on (every
+/// event before it in (txid, id) order has one) that `event_positions` does not list.
+/// The mark comes from sub-selects, so the scan starts there in the (txid, id) index;
+/// OFFSET 0 keeps each "has it a position?" a probe of `event_positions`' index.
+const UNPOSITIONED: &str = "events e
+     WHERE (e.txid, e.id) >= ((SELECT scan_from_txid FROM event_log_head),
+                              (SELECT scan_from_id FROM event_log_head))
+       AND NOT EXISTS (SELECT 1 FROM event_positions q WHERE q.event_id = e.id OFFSET 0)";
+
 /// The highest insertion id among committed events without a position, if any.
 pub async fn newest_unpositioned(pool: &PgPool) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar("SELECT max(id) FROM events WHERE position IS NULL")
-        .fetch_one(pool)
-        .await
+    // OFFSET 0: max(id) alone would walk the id index down from the newest event.
+    sqlx::query_scalar(&format!(
+        "SELECT max(id) FROM (SELECT e.id FROM {UNPOSITIONED} OFFSET 0) AS unpositioned"
+    ))
+    .fetch_one(pool)
+    .await
 }
 
 /// Whether any committed event with insertion id ≤ `id` still lacks a position.
 pub async fn unpositioned_up_to(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE position IS NULL AND id <= $1)")
-        .bind(id)
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar(&format!(
+        "SELECT EXISTS (SELECT 1 FROM {UNPOSITIONED} AND e.id <= $1)"
+    ))
+    .bind(id)
+    .fetch_one(pool)
+    .await
 }

@@ -147,7 +147,7 @@ async fn verify_catches_an_edited_event_a_deleted_event_and_a_deleted_stream() {
 
         // A job's third event, somewhere in the middle of the log.
         let (target, stream): (i64, String) = sqlx::query_as(
-            "SELECT position, aggregate_id FROM events WHERE aggregate_type = 'job' AND sequence = 3 ORDER BY position LIMIT 1",
+            "SELECT position, aggregate_id FROM positioned_events WHERE aggregate_type = 'job' AND sequence = 3 ORDER BY position LIMIT 1",
         )
         .fetch_one(&app.pool)
         .await
@@ -155,7 +155,7 @@ async fn verify_catches_an_edited_event_a_deleted_event_and_a_deleted_stream() {
         let expected_position = match case {
             "edit" => {
                 tamper(&app, &format!(
-                    "UPDATE events SET payload = replace(payload::text, '\"epoch\"', '\"epoch\" ')::json WHERE position = {target}"
+                    "UPDATE events SET payload = replace(payload::text, '\"epoch\"', '\"epoch\" ')::json WHERE id = (SELECT event_id FROM event_positions WHERE position = {target})"
                 ))
                 .await;
                 target
@@ -163,18 +163,19 @@ async fn verify_catches_an_edited_event_a_deleted_event_and_a_deleted_stream() {
             "delete_one" => {
                 tamper(
                     &app,
-                    &format!("DELETE FROM events WHERE position = {target}"),
+                    &format!("DELETE FROM events WHERE id = (SELECT event_id FROM event_positions WHERE position = {target})"),
                 )
                 .await;
                 target
             }
             _ => {
-                let first: i64 =
-                    sqlx::query_scalar("SELECT min(position) FROM events WHERE aggregate_id = $1")
-                        .bind(&stream)
-                        .fetch_one(&app.pool)
-                        .await
-                        .unwrap();
+                let first: i64 = sqlx::query_scalar(
+                    "SELECT min(position) FROM positioned_events WHERE aggregate_id = $1",
+                )
+                .bind(&stream)
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
                 tamper(
                     &app,
                     &format!("DELETE FROM events WHERE aggregate_id = '{stream}'"),
@@ -225,7 +226,7 @@ async fn a_cut_tail_fails_the_noted_digest_and_the_cli_exits_non_zero() {
     assert!(status.success());
     tamper(
         &app,
-        "DELETE FROM events WHERE position = (SELECT max(position) FROM events)",
+        "DELETE FROM events WHERE id = (SELECT event_id FROM event_positions ORDER BY position DESC LIMIT 1)",
     )
     .await;
     assert_eq!(

@@ -201,7 +201,7 @@ async fn shadow_records_the_decision_once_and_changes_nothing() {
 async fn normalised_log(app: &TestApp) -> Vec<String> {
     app.settle().await;
     let rows: Vec<(String, i64, String, String)> = sqlx::query_as(
-        "SELECT aggregate_type, sequence, event_type, payload::text FROM events ORDER BY position",
+        "SELECT aggregate_type, sequence, event_type, payload::text FROM positioned_events ORDER BY position",
     )
     .fetch_all(&app.pool)
     .await

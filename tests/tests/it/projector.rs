@@ -35,11 +35,14 @@ fn submitted(title: &str) -> (String, NewEvent) {
 }
 
 async fn position_of(app: &TestApp, stream: &str) -> Option<i64> {
-    sqlx::query_scalar("SELECT position FROM events WHERE aggregate_id = $1")
-        .bind(stream)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "SELECT p.position FROM events e LEFT JOIN event_positions p ON p.event_id = e.id
+         WHERE e.aggregate_id = $1",
+    )
+    .bind(stream)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
 }
 
 async fn titles(app: &TestApp) -> Vec<String> {
@@ -103,11 +106,14 @@ fn followers(stream: &str, from_sequence: u64, n: usize) -> Vec<NewEvent> {
 }
 
 async fn positions_of(app: &TestApp, stream: &str) -> Vec<Option<i64>> {
-    sqlx::query_scalar("SELECT position FROM events WHERE aggregate_id = $1 ORDER BY sequence")
-        .bind(stream)
-        .fetch_all(&app.pool)
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "SELECT p.position FROM events e LEFT JOIN event_positions p ON p.event_id = e.id
+         WHERE e.aggregate_id = $1 ORDER BY e.sequence",
+    )
+    .bind(stream)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -143,10 +149,11 @@ async fn a_stream_keeps_its_order_when_its_later_event_has_the_older_transaction
         "each stream in sequence order: {positions:?}"
     );
     assert!(positions_of(&app, &other).await[0].is_some());
-    let all: Vec<i64> = sqlx::query_scalar("SELECT position FROM events ORDER BY position")
-        .fetch_all(&app.pool)
-        .await
-        .unwrap();
+    let all: Vec<i64> =
+        sqlx::query_scalar("SELECT position FROM positioned_events ORDER BY position")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
     assert!(
         all.iter().enumerate().all(|(i, p)| *p == i as i64 + 1),
         "every event positioned, no gaps: {all:?}"
@@ -355,9 +362,12 @@ async fn the_database_refuses_to_change_the_log() {
     app.settle().await;
     for sql in [
         "UPDATE events SET payload = '{}'",
-        "UPDATE events SET position = position + 100",
+        "UPDATE events SET recorded_at = recorded_at",
         "DELETE FROM events",
         "TRUNCATE events",
+        "UPDATE event_positions SET position = position + 100",
+        "DELETE FROM event_positions",
+        "TRUNCATE event_positions",
     ] {
         let err = sqlx::query(sql).execute(&app.pool).await.expect_err(sql);
         assert!(err.to_string().contains("append-only"), "{sql}: {err}");
@@ -438,4 +448,90 @@ async fn the_projector_reapplying_a_grant_does_not_hold_up_its_report() {
         .await
         .unwrap();
     assert_eq!(outcome, "succeeded");
+}
+
+/// Runs the sequencer until it has given `n` positions (other tests' open
+/// transactions on the same server can hold it back for a moment).
+async fn position(pool: &sqlx::PgPool, n: i64) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut given = 0;
+    while given < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "events stayed unpositioned"
+        );
+        given += gigafactory_projections::log::assign_positions(pool, 100)
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(given, n);
+}
+
+#[tokio::test]
+async fn upgrading_moves_positions_beside_the_log_and_goes_on_from_them() {
+    // Given a database at migration 10 (positions in the events' rows), with three
+    // positioned events and two not yet positioned,
+    let db = gigafactory_tests::TestDb::create().await;
+    let pool = gigafactory_api::db::connect(&db.url, 4).await.unwrap();
+    let old = std::env::temp_dir().join(format!("gf-migrations-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&old).unwrap();
+    let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    for entry in std::fs::read_dir(&all).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if name.as_str() < "20261127000011" {
+            std::fs::copy(&path, old.join(&name)).unwrap();
+        }
+    }
+    sqlx::migrate::Migrator::new(old.as_path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&old).unwrap();
+    let append_one = |title: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            let (_, row) = submitted(title);
+            let id = append(&mut tx, &[row]).await.unwrap()[0].id;
+            tx.commit().await.unwrap();
+            id
+        }
+    };
+    let mut ids = Vec::new();
+    for title in ["a", "b", "c"] {
+        ids.push(append_one(title).await);
+    }
+    position(&pool, 3).await;
+    for title in ["d", "e"] {
+        ids.push(append_one(title).await);
+    }
+
+    // when the last migration runs,
+    gigafactory_api::db::migrate(&pool).await.unwrap();
+
+    // the positions given stay, the sequencer gives the others the next ones, and
+    // the log reads in one order.
+    let pending = gigafactory_projections::log::newest_unpositioned(&pool)
+        .await
+        .unwrap();
+    assert_eq!(pending, Some(ids[4]));
+    position(&pool, 2).await;
+    let log: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT position, id FROM positioned_events ORDER BY position")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let expected: Vec<(i64, i64)> = (1..=5).zip(ids.iter().copied()).collect();
+    assert_eq!(log, expected);
+    assert_eq!(
+        gigafactory_projections::log::newest_unpositioned(&pool)
+            .await
+            .unwrap(),
+        None
+    );
+    pool.close().await;
 }
