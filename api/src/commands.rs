@@ -10,6 +10,7 @@ use cqrs_es::Aggregate;
 use gigafactory_domain::job::Job;
 use gigafactory_domain::Stream;
 use gigafactory_projections::log::{self, AppendError, NewEvent};
+use gigafactory_projections::projector::Projection;
 use gigafactory_projections::{apply_to_read_models, EventRecord, ProjectionError};
 use rand::Rng;
 use sqlx::PgConnection;
@@ -175,24 +176,30 @@ where
         }));
         decided.push(Ok((aggregate, events.len())));
     }
-    let records = log::append(conn, &rows).await.map_err(|e| match e {
-        AppendError::Db(d) => ExecError::Db(d),
-        c => ExecError::Conflict(c),
-    })?;
-    // Job commands hold the jobs they just advanced: their rows are written from them
-    // (one statement); the other read models apply the events.
+    // Job commands hold the jobs they just advanced: their rows, and the timeline of
+    // the events appended, are written by the append's own statement; the other read
+    // models apply the events.
     let jobs: Vec<&Job> = decided
         .iter()
         .filter_map(|d| d.as_ref().ok())
         .filter(|(_, n)| *n > 0)
         .filter_map(|(a, _)| (a as &dyn std::any::Any).downcast_ref::<Job>())
         .collect();
-    let jobs_written = !jobs.is_empty();
-    if jobs_written {
-        gigafactory_projections::jobs::write_many(conn, &jobs).await?;
+    let job_rows = gigafactory_projections::jobs::write_along(&jobs);
+    let mut written = vec![Projection::Timeline];
+    let mut along = vec![gigafactory_projections::timeline::write_along()];
+    if let Some(rows) = job_rows {
+        written.push(Projection::Jobs);
+        along.push(rows);
     }
+    let records = log::append_with(conn, &rows, &along)
+        .await
+        .map_err(|e| match e {
+            AppendError::Db(d) => ExecError::Db(d),
+            c => ExecError::Conflict(c),
+        })?;
     if !records.is_empty() {
-        apply_to_read_models(conn, &records, jobs_written).await?;
+        apply_to_read_models(conn, &records, &written).await?;
     }
     for r in &records {
         metrics::counter!("gigafactory_events_appended_total", "type" => r.event_type.clone())

@@ -1,6 +1,7 @@
 //! `job_view`: the job list, job detail and the claimable queue. Each row holds the
 //! job aggregate's state at `version`, plus the columns queries filter and sort on.
 
+use crate::log::RideAlong;
 use crate::{EventRecord, ProjectionError};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
@@ -93,17 +94,6 @@ pub fn job_id_of(aggregate_id: &str) -> Uuid {
         .unwrap_or_default()
 }
 
-/// Writes the job's row as of its version (the command path, which holds the
-/// aggregate it just advanced, writes it directly).
-pub async fn write(conn: &mut PgConnection, job: &Job) -> Result<(), ProjectionError> {
-    write_many(conn, std::slice::from_ref(&job)).await
-}
-
-/// Writes several jobs' rows in one statement (a batch command).
-pub async fn write_many(conn: &mut PgConnection, jobs: &[&Job]) -> Result<(), ProjectionError> {
-    write_rows(conn, jobs.iter().filter_map(|j| row(j)).collect()).await
-}
-
 /// A `job_view` row as JSON (column names as keys); `None` before the job exists.
 fn row(job: &Job) -> Option<Value> {
     let spec = job.spec.as_ref()?;
@@ -132,36 +122,50 @@ fn row(job: &Job) -> Option<Value> {
     }))
 }
 
+/// The `job_view` upsert of the rows in `$arg` (a JSON array of rows as [`row`]
+/// makes them); a row never replaces a newer version.
+const UPSERT: &str =
+    "INSERT INTO job_view (job_id, product_id, title, stage, priority, priority_rank,
+         required_capabilities, attempts, max_attempts, lease_factory_id, lease_epoch,
+         lease_expires_at, available_at, created_at, updated_at, version, state,
+         affinity_factory_id, nominated_factory_id, nominated_until)
+     SELECT job_id, product_id, title, stage, priority, priority_rank,
+         required_capabilities, attempts, max_attempts, lease_factory_id, lease_epoch,
+         lease_expires_at, available_at, created_at, updated_at, version, state,
+         affinity_factory_id, nominated_factory_id, nominated_until
+     FROM jsonb_populate_recordset(NULL::job_view, $arg)
+     ON CONFLICT (job_id) DO UPDATE SET title = EXCLUDED.title, stage = EXCLUDED.stage,
+         priority = EXCLUDED.priority, priority_rank = EXCLUDED.priority_rank,
+         attempts = EXCLUDED.attempts, lease_factory_id = EXCLUDED.lease_factory_id,
+         lease_epoch = EXCLUDED.lease_epoch, lease_expires_at = EXCLUDED.lease_expires_at,
+         available_at = EXCLUDED.available_at, updated_at = EXCLUDED.updated_at,
+         version = EXCLUDED.version, state = EXCLUDED.state,
+         affinity_factory_id = EXCLUDED.affinity_factory_id,
+         nominated_factory_id = EXCLUDED.nominated_factory_id,
+         nominated_until = EXCLUDED.nominated_until
+     WHERE job_view.version < EXCLUDED.version";
+
 /// Upserts rows in one statement; a row never replaces a newer version.
 async fn write_rows(conn: &mut PgConnection, rows: Vec<Value>) -> Result<(), ProjectionError> {
     if rows.is_empty() {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO job_view (job_id, product_id, title, stage, priority, priority_rank,
-             required_capabilities, attempts, max_attempts, lease_factory_id, lease_epoch,
-             lease_expires_at, available_at, created_at, updated_at, version, state,
-             affinity_factory_id, nominated_factory_id, nominated_until)
-         SELECT job_id, product_id, title, stage, priority, priority_rank,
-             required_capabilities, attempts, max_attempts, lease_factory_id, lease_epoch,
-             lease_expires_at, available_at, created_at, updated_at, version, state,
-             affinity_factory_id, nominated_factory_id, nominated_until
-         FROM jsonb_populate_recordset(NULL::job_view, $1)
-         ON CONFLICT (job_id) DO UPDATE SET title = EXCLUDED.title, stage = EXCLUDED.stage,
-             priority = EXCLUDED.priority, priority_rank = EXCLUDED.priority_rank,
-             attempts = EXCLUDED.attempts, lease_factory_id = EXCLUDED.lease_factory_id,
-             lease_epoch = EXCLUDED.lease_epoch, lease_expires_at = EXCLUDED.lease_expires_at,
-             available_at = EXCLUDED.available_at, updated_at = EXCLUDED.updated_at,
-             version = EXCLUDED.version, state = EXCLUDED.state,
-             affinity_factory_id = EXCLUDED.affinity_factory_id,
-             nominated_factory_id = EXCLUDED.nominated_factory_id,
-             nominated_until = EXCLUDED.nominated_until
-         WHERE job_view.version < EXCLUDED.version",
-    )
-    .bind(Value::Array(rows))
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query(&UPSERT.replace("$arg", "$1"))
+        .bind(Value::Array(rows))
+        .execute(&mut *conn)
+        .await?;
     Ok(())
+}
+
+/// The jobs' rows as of their versions, written by the statement that appends their
+/// events (the command path holds the jobs it just advanced); `None` when there is
+/// nothing to write.
+pub fn write_along(jobs: &[&Job]) -> Option<RideAlong> {
+    let rows: Vec<Value> = jobs.iter().filter_map(|j| row(j)).collect();
+    (!rows.is_empty()).then(|| RideAlong {
+        sql: UPSERT.to_string(),
+        arg: Some(Value::Array(rows)),
+    })
 }
 
 /// One job as the read model has it.

@@ -46,16 +46,16 @@ pub enum ProjectionError {
 
 pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Postgres>;
 
-/// Applies a command's events to every read model (the projector and the command
-/// path both call this; it is idempotent). `job_written`: the command path already
-/// wrote `job_view` from the aggregate it holds, so the jobs projection is skipped.
+/// Applies a command's events to every read model but those in `written` (the
+/// command path wrote them in the append's own statement; see
+/// [`log::RideAlong`]). Idempotent, like every projection.
 pub async fn apply_to_read_models(
     tx: &mut sqlx::PgConnection,
     events: &[EventRecord],
-    job_written: bool,
+    written: &[projector::Projection],
 ) -> Result<(), ProjectionError> {
     for p in projector::PROJECTIONS {
-        if job_written && p == projector::Projection::Jobs {
+        if written.contains(&p) {
             continue;
         }
         p.apply_batch(tx, events).await?;

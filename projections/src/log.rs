@@ -88,11 +88,34 @@ pub enum AppendError {
     Db(sqlx::Error),
 }
 
+/// A read-model write that rides along with an append: a data-modifying CTE of the
+/// append's own statement, so a command writes its events and those rows in one
+/// round trip. It may read the rows just appended as `appended` (columns
+/// `aggregate_type, aggregate_id, sequence, event_type, payload, recorded_at`); it
+/// sees the tables as they were before the statement (all CTEs share one snapshot),
+/// so two ride-alongs must not write the same row.
+#[derive(Debug, Clone)]
+pub struct RideAlong {
+    /// The statement; `$arg` stands for its one parameter, if any.
+    pub sql: String,
+    /// That parameter.
+    pub arg: Option<Value>,
+}
+
 /// Appends events in the caller's transaction. Listeners are told after the commit
 /// (see [`notify_committed`]), never from inside it.
 pub async fn append(
     tx: &mut PgConnection,
     events: &[NewEvent],
+) -> Result<Vec<EventRecord>, AppendError> {
+    append_with(tx, events, &[]).await
+}
+
+/// Appends events and runs `along` in the same statement (see [`RideAlong`]).
+pub async fn append_with(
+    tx: &mut PgConnection,
+    events: &[NewEvent],
+    along: &[RideAlong],
 ) -> Result<Vec<EventRecord>, AppendError> {
     if events.is_empty() {
         return Ok(vec![]);
@@ -116,26 +139,41 @@ pub async fn append(
         // text[] of text[] is not a thing in Postgres: pass as one joined string.
         visible.push(e.visible_to.join("\u{1f}"));
     }
-    let rows = sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+    let mut sql = String::from(
+        "WITH appended AS (
+         INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
                              payload, metadata, product_id, visible_to)
          SELECT t, i, s, et, v, p::json, '{}'::json, pr,
                 CASE WHEN vis = '' THEN '{}'::text[] ELSE string_to_array(vis, chr(31)) END
          FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
                      $7::text[], $8::text[]) AS u(t, i, s, et, v, p, pr, vis)
-         RETURNING aggregate_type, aggregate_id, sequence, id, recorded_at",
-    )
-    .bind(&types)
-    .bind(&ids)
-    .bind(&seqs)
-    .bind(&etypes)
-    .bind(&versions)
-    .bind(&payloads)
-    .bind(&products)
-    .bind(&visible)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(|e| match &e {
+         RETURNING aggregate_type, aggregate_id, sequence, event_type, payload, id, recorded_at)",
+    );
+    let mut args = Vec::new();
+    for (n, write) in along.iter().enumerate() {
+        let text = match &write.arg {
+            Some(arg) => {
+                args.push(arg);
+                write.sql.replace("$arg", &format!("${}", 8 + args.len()))
+            }
+            None => write.sql.clone(),
+        };
+        sql.push_str(&format!(", along_{n} AS ({text})"));
+    }
+    sql.push_str(" SELECT aggregate_type, aggregate_id, sequence, id, recorded_at FROM appended");
+    let mut query = sqlx::query(&sql)
+        .bind(&types)
+        .bind(&ids)
+        .bind(&seqs)
+        .bind(&etypes)
+        .bind(&versions)
+        .bind(&payloads)
+        .bind(&products)
+        .bind(&visible);
+    for arg in args {
+        query = query.bind(arg);
+    }
+    let rows = query.fetch_all(&mut *tx).await.map_err(|e| match &e {
         sqlx::Error::Database(d) if d.is_unique_violation() => AppendError::Conflict,
         _ => AppendError::Db(e),
     })?;

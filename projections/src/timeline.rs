@@ -1,5 +1,6 @@
 //! `job_event_view`: each job's events, oldest first (the job detail's timeline).
 
+use crate::log::RideAlong;
 use crate::{EventRecord, ProjectionError};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
@@ -47,6 +48,23 @@ pub async fn apply_batch(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// The timeline rows of the job events appended by the same statement (the command
+/// path): the same rows [`apply_batch`] writes from those events, with no round trip
+/// of its own.
+pub fn write_along() -> RideAlong {
+    RideAlong {
+        sql: format!(
+            "INSERT INTO job_event_view (job_id, sequence, event_type, payload, recorded_at)
+             SELECT substring(aggregate_id FROM '[^/]*$')::uuid, sequence, event_type,
+                    payload::jsonb, recorded_at
+             FROM appended WHERE aggregate_type = '{}'
+             ON CONFLICT DO NOTHING",
+            Job::TYPE
+        ),
+        arg: None,
+    }
 }
 
 /// One entry of a job's timeline.
