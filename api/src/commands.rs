@@ -11,6 +11,7 @@ use gigafactory_domain::job::Job;
 use gigafactory_domain::Stream;
 use gigafactory_projections::log::{self, AppendError, NewEvent};
 use gigafactory_projections::projector::Projection;
+use gigafactory_projections::runs;
 use gigafactory_projections::{apply_to_read_models, EventRecord, ProjectionError};
 use rand::Rng;
 use sqlx::PgConnection;
@@ -185,12 +186,15 @@ where
         .filter(|(_, n)| *n > 0)
         .filter_map(|(a, _)| (a as &dyn std::any::Any).downcast_ref::<Job>())
         .collect();
-    let job_rows = gigafactory_projections::jobs::write_along(&jobs);
     let mut written = vec![Projection::Timeline];
     let mut along = vec![gigafactory_projections::timeline::write_along()];
-    if let Some(rows) = job_rows {
+    if let Some(job_rows) = gigafactory_projections::jobs::write_along(&jobs) {
         written.push(Projection::Jobs);
-        along.push(rows);
+        along.push(job_rows);
+    }
+    if let Some(runs) = runs::plan(rows.iter().map(runs::RunSource::from))?.write_along() {
+        written.push(Projection::Runs);
+        along.extend(runs);
     }
     let records = log::append_with(conn, &rows, &along)
         .await

@@ -1,7 +1,7 @@
 //! `job_view`: the job list, job detail and the claimable queue. Each row holds the
 //! job aggregate's state at `version`, plus the columns queries filter and sort on.
 
-use crate::log::RideAlong;
+use crate::log::{Arg, RideAlong};
 use crate::{EventRecord, ProjectionError};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
@@ -122,7 +122,7 @@ fn row(job: &Job) -> Option<Value> {
     }))
 }
 
-/// The `job_view` upsert of the rows in `$arg` (a JSON array of rows as [`row`]
+/// The `job_view` upsert of the rows in `$1` (a JSON array of rows as [`row`]
 /// makes them); a row never replaces a newer version.
 const UPSERT: &str =
     "INSERT INTO job_view (job_id, product_id, title, stage, priority, priority_rank,
@@ -133,7 +133,7 @@ const UPSERT: &str =
          required_capabilities, attempts, max_attempts, lease_factory_id, lease_epoch,
          lease_expires_at, available_at, created_at, updated_at, version, state,
          affinity_factory_id, nominated_factory_id, nominated_until
-     FROM jsonb_populate_recordset(NULL::job_view, $arg)
+     FROM jsonb_populate_recordset(NULL::job_view, $1)
      ON CONFLICT (job_id) DO UPDATE SET title = EXCLUDED.title, stage = EXCLUDED.stage,
          priority = EXCLUDED.priority, priority_rank = EXCLUDED.priority_rank,
          attempts = EXCLUDED.attempts, lease_factory_id = EXCLUDED.lease_factory_id,
@@ -150,7 +150,7 @@ async fn write_rows(conn: &mut PgConnection, rows: Vec<Value>) -> Result<(), Pro
     if rows.is_empty() {
         return Ok(());
     }
-    sqlx::query(&UPSERT.replace("$arg", "$1"))
+    sqlx::query(UPSERT)
         .bind(Value::Array(rows))
         .execute(&mut *conn)
         .await?;
@@ -164,7 +164,7 @@ pub fn write_along(jobs: &[&Job]) -> Option<RideAlong> {
     let rows: Vec<Value> = jobs.iter().filter_map(|j| row(j)).collect();
     (!rows.is_empty()).then(|| RideAlong {
         sql: UPSERT.to_string(),
-        arg: Some(Value::Array(rows)),
+        args: vec![Arg::Json(Value::Array(rows))],
     })
 }
 

@@ -96,10 +96,62 @@ pub enum AppendError {
 /// so two ride-alongs must not write the same row.
 #[derive(Debug, Clone)]
 pub struct RideAlong {
-    /// The statement; `$arg` stands for its one parameter, if any.
+    /// The statement, its parameters numbered from `$1` (renumbered when composed).
     pub sql: String,
-    /// That parameter.
-    pub arg: Option<Value>,
+    /// Its parameters, in order.
+    pub args: Vec<Arg>,
+}
+
+/// A parameter of a [`RideAlong`].
+#[derive(Debug, Clone)]
+pub enum Arg {
+    Json(Value),
+    Uuids(Vec<uuid::Uuid>),
+    Texts(Vec<String>),
+    Ints(Vec<i64>),
+    Floats(Vec<Option<f64>>),
+    Times(Vec<DateTime<Utc>>),
+    MaybeTimes(Vec<Option<DateTime<Utc>>>),
+}
+
+impl Arg {
+    /// Binds this parameter to `query`.
+    pub fn bind<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        match self {
+            Arg::Json(v) => query.bind(v),
+            Arg::Uuids(v) => query.bind(v),
+            Arg::Texts(v) => query.bind(v),
+            Arg::Ints(v) => query.bind(v),
+            Arg::Floats(v) => query.bind(v),
+            Arg::Times(v) => query.bind(v),
+            Arg::MaybeTimes(v) => query.bind(v),
+        }
+    }
+}
+
+/// `sql` with each parameter `$n` renumbered `$n + offset`.
+fn renumber(sql: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c != '$' {
+            continue;
+        }
+        let mut digits = String::new();
+        while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+            digits.push(*d);
+            chars.next();
+        }
+        match digits.parse::<usize>() {
+            Ok(n) => out.push_str(&(n + offset).to_string()),
+            Err(_) => out.push_str(&digits),
+        }
+    }
+    out
 }
 
 /// Appends events in the caller's transaction. Listeners are told after the commit
@@ -151,13 +203,8 @@ pub async fn append_with(
     );
     let mut args = Vec::new();
     for (n, write) in along.iter().enumerate() {
-        let text = match &write.arg {
-            Some(arg) => {
-                args.push(arg);
-                write.sql.replace("$arg", &format!("${}", 8 + args.len()))
-            }
-            None => write.sql.clone(),
-        };
+        let text = renumber(&write.sql, 8 + args.len());
+        args.extend(write.args.iter());
         sql.push_str(&format!(", along_{n} AS ({text})"));
     }
     sql.push_str(" SELECT aggregate_type, aggregate_id, sequence, id, recorded_at FROM appended");
@@ -171,7 +218,7 @@ pub async fn append_with(
         .bind(&products)
         .bind(&visible);
     for arg in args {
-        query = query.bind(arg);
+        query = arg.bind(query);
     }
     let rows = query.fetch_all(&mut *tx).await.map_err(|e| match &e {
         sqlx::Error::Database(d) if d.is_unique_violation() => AppendError::Conflict,
@@ -386,4 +433,17 @@ pub async fn unpositioned_up_to(pool: &PgPool, id: i64) -> Result<bool, sqlx::Er
     .bind(id)
     .fetch_one(pool)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::renumber;
+
+    #[test]
+    fn renumbering_shifts_every_parameter_and_leaves_the_rest() {
+        assert_eq!(
+            renumber("SELECT $1::uuid[], $10, $2 FROM t WHERE a = '$'", 8),
+            "SELECT $9::uuid[], $18, $10 FROM t WHERE a = '$'"
+        );
+    }
 }

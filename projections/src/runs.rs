@@ -1,5 +1,6 @@
 //! `run_view`: one row per lease of a job (a run), with its outcome and cost.
 
+use crate::log::{Arg, NewEvent, RideAlong};
 use crate::{EventRecord, ProjectionError};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
@@ -35,6 +36,63 @@ struct RunEnd {
     sequence: i64,
 }
 
+/// What the runs projection reads of an event: one in the log, or one a command is
+/// about to append (its writes then ride along with the append).
+pub struct RunSource<'a> {
+    pub aggregate_type: &'a str,
+    pub aggregate_id: &'a str,
+    pub sequence: i64,
+    pub event_type: &'a str,
+    pub payload: &'a serde_json::Value,
+    pub product_id: Option<&'a str>,
+}
+
+impl<'a> From<&'a EventRecord> for RunSource<'a> {
+    fn from(e: &'a EventRecord) -> Self {
+        Self {
+            aggregate_type: &e.aggregate_type,
+            aggregate_id: &e.aggregate_id,
+            sequence: e.sequence,
+            event_type: &e.event_type,
+            payload: &e.payload,
+            product_id: e.product_id.as_deref(),
+        }
+    }
+}
+
+impl<'a> From<&'a NewEvent> for RunSource<'a> {
+    fn from(e: &'a NewEvent) -> Self {
+        Self {
+            aggregate_type: e.aggregate_type,
+            aggregate_id: &e.aggregate_id,
+            sequence: e.sequence,
+            event_type: &e.event_type,
+            payload: &e.payload,
+            product_id: e.product_id.as_deref(),
+        }
+    }
+}
+
+impl RunSource<'_> {
+    fn decode(&self) -> Result<JobEvent, ProjectionError> {
+        <JobEvent as serde::Deserialize>::deserialize(self.payload).map_err(|source| {
+            ProjectionError::Payload {
+                event_type: self.event_type.to_string(),
+                aggregate_id: self.aggregate_id.to_string(),
+                sequence: self.sequence,
+                source,
+            }
+        })
+    }
+}
+
+/// The writes a batch of events makes to `run_view`.
+pub struct RunWrites {
+    started: Vec<NewRun>,
+    ends: HashMap<Uuid, RunEnd>,
+    cancels: Vec<(Uuid, DateTime<Utc>, i64)>,
+}
+
 /// Applies a batch of events in log order: runs started in the batch are folded in
 /// memory and upserted at once, then the ends of older runs and the cancellations
 /// are applied in one statement each. Every write is guarded by `last_sequence`, so
@@ -43,6 +101,13 @@ pub async fn apply_batch(
     conn: &mut PgConnection,
     events: &[EventRecord],
 ) -> Result<(), ProjectionError> {
+    plan(events.iter().map(RunSource::from))?.apply(conn).await
+}
+
+/// What a batch of events (in log order) writes to `run_view`.
+pub fn plan<'a>(
+    events: impl IntoIterator<Item = RunSource<'a>>,
+) -> Result<RunWrites, ProjectionError> {
     let mut started: Vec<NewRun> = Vec::new();
     let mut index: HashMap<Uuid, usize> = HashMap::new();
     let mut ends: HashMap<Uuid, RunEnd> = HashMap::new();
@@ -59,12 +124,12 @@ pub async fn apply_batch(
         "JobCancelled",
     ];
     for event in events
-        .iter()
-        .filter(|e| e.aggregate_type == Job::TYPE && RUN_EVENTS.contains(&e.event_type.as_str()))
+        .into_iter()
+        .filter(|e| e.aggregate_type == Job::TYPE && RUN_EVENTS.contains(&e.event_type))
     {
-        let job_id = crate::jobs::job_id_of(&event.aggregate_id);
+        let job_id = crate::jobs::job_id_of(event.aggregate_id);
         let seq = event.sequence;
-        let (run_id, outcome, cost_usd, at) = match event.decode::<Job>()? {
+        let (run_id, outcome, cost_usd, at) = match event.decode()? {
             JobEvent::LeaseGranted {
                 epoch,
                 run_id,
@@ -76,7 +141,7 @@ pub async fn apply_batch(
                     started.push(NewRun {
                         run_id: run_id.0,
                         job_id,
-                        product_id: event.product_id.clone().unwrap_or_default(),
+                        product_id: event.product_id.unwrap_or_default().to_string(),
                         factory_id: factory_id.0,
                         epoch: epoch as i64,
                         outcome: RunOutcome::Running,
@@ -143,17 +208,98 @@ pub async fn apply_batch(
             }
         }
     }
-    insert_started(conn, &started).await?;
-    end_older(conn, &ends).await?;
-    cancel_open(conn, &cancels).await
+    Ok(RunWrites {
+        started,
+        ends,
+        cancels,
+    })
 }
 
-async fn insert_started(conn: &mut PgConnection, runs: &[NewRun]) -> Result<(), ProjectionError> {
-    if runs.is_empty() {
-        return Ok(());
+impl RunWrites {
+    /// Writes them, one statement per kind of write present.
+    pub async fn apply(self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
+        if let Some(write) = self.started_write() {
+            run(conn, write).await?;
+        }
+        if let Some(write) = self.ends_write() {
+            run(conn, write).await?;
+        }
+        cancel_open(conn, &self.cancels).await
     }
-    sqlx::query(
-        "INSERT INTO run_view (run_id, job_id, product_id, factory_id, epoch, outcome, cost_usd,
+
+    /// The writes as ride-alongs of the append of these events, or `None` when they
+    /// cannot ride along: a cancellation ends whichever run is open, which may be one
+    /// another write of the same statement changes (all CTEs share one snapshot).
+    /// The other two never touch the same run: an end of a run started in the batch
+    /// is folded into its start.
+    pub fn write_along(&self) -> Option<Vec<RideAlong>> {
+        if !self.cancels.is_empty() {
+            return None;
+        }
+        Some(
+            [self.started_write(), self.ends_write()]
+                .into_iter()
+                .flatten()
+                .collect(),
+        )
+    }
+
+    fn started_write(&self) -> Option<RideAlong> {
+        let runs = &self.started;
+        (!runs.is_empty()).then(|| RideAlong {
+            sql: INSERT_STARTED.to_string(),
+            args: vec![
+                Arg::Uuids(runs.iter().map(|r| r.run_id).collect()),
+                Arg::Uuids(runs.iter().map(|r| r.job_id).collect()),
+                Arg::Texts(runs.iter().map(|r| r.product_id.clone()).collect()),
+                Arg::Uuids(runs.iter().map(|r| r.factory_id).collect()),
+                Arg::Ints(runs.iter().map(|r| r.epoch).collect()),
+                Arg::Texts(
+                    runs.iter()
+                        .map(|r| r.outcome.as_str().to_string())
+                        .collect(),
+                ),
+                Arg::Floats(runs.iter().map(|r| r.cost_usd).collect()),
+                Arg::Times(runs.iter().map(|r| r.started_at).collect()),
+                Arg::MaybeTimes(runs.iter().map(|r| r.ended_at).collect()),
+                Arg::Ints(runs.iter().map(|r| r.last_sequence).collect()),
+            ],
+        })
+    }
+
+    fn ends_write(&self) -> Option<RideAlong> {
+        let ends: Vec<(&Uuid, &RunEnd)> = self.ends.iter().collect();
+        (!ends.is_empty()).then(|| RideAlong {
+            sql: END_OLDER.to_string(),
+            args: vec![
+                Arg::Uuids(ends.iter().map(|(id, _)| **id).collect()),
+                Arg::Texts(
+                    ends.iter()
+                        .map(|(_, e)| e.outcome.as_str().to_string())
+                        .collect(),
+                ),
+                Arg::Floats(ends.iter().map(|(_, e)| e.cost_usd).collect()),
+                Arg::Times(ends.iter().map(|(_, e)| e.at).collect()),
+                Arg::Ints(ends.iter().map(|(_, e)| e.sequence).collect()),
+            ],
+        })
+    }
+}
+
+/// Runs one of the writes as a statement of its own.
+async fn run(conn: &mut PgConnection, write: RideAlong) -> Result<(), ProjectionError> {
+    let mut query = sqlx::query(&write.sql);
+    for arg in &write.args {
+        query = arg.bind(query);
+    }
+    query.execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Inserts the runs started (`$1`…`$10`: one array per column); a row already this
+/// far along is left alone.
+const INSERT_STARTED: &str =
+    "INSERT INTO run_view (run_id, job_id, product_id, factory_id, epoch, outcome, cost_usd,
                                started_at, ended_at, last_sequence)
          SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::bigint[],
                               $6::text[], $7::float8[], $8::timestamptz[], $9::timestamptz[],
@@ -169,54 +315,16 @@ async fn insert_started(conn: &mut PgConnection, runs: &[NewRun]) -> Result<(), 
          ON CONFLICT (run_id) DO UPDATE SET outcome = EXCLUDED.outcome,
              cost_usd = EXCLUDED.cost_usd, ended_at = EXCLUDED.ended_at,
              last_sequence = EXCLUDED.last_sequence
-         WHERE run_view.last_sequence < EXCLUDED.last_sequence",
-    )
-    .bind(runs.iter().map(|r| r.run_id).collect::<Vec<_>>())
-    .bind(runs.iter().map(|r| r.job_id).collect::<Vec<_>>())
-    .bind(
-        runs.iter()
-            .map(|r| r.product_id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(runs.iter().map(|r| r.factory_id).collect::<Vec<_>>())
-    .bind(runs.iter().map(|r| r.epoch).collect::<Vec<_>>())
-    .bind(runs.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>())
-    .bind(runs.iter().map(|r| r.cost_usd).collect::<Vec<_>>())
-    .bind(runs.iter().map(|r| r.started_at).collect::<Vec<_>>())
-    .bind(runs.iter().map(|r| r.ended_at).collect::<Vec<_>>())
-    .bind(runs.iter().map(|r| r.last_sequence).collect::<Vec<_>>())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
+         WHERE run_view.last_sequence < EXCLUDED.last_sequence";
 
-async fn end_older(
-    conn: &mut PgConnection,
-    ends: &HashMap<Uuid, RunEnd>,
-) -> Result<(), ProjectionError> {
-    if ends.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "UPDATE run_view r SET outcome = u.outcome, cost_usd = u.cost, ended_at = u.at,
+/// Ends runs started before the batch (`$1`…`$5`: run ids, outcomes, costs, times,
+/// sequences).
+const END_OLDER: &str =
+    "UPDATE run_view r SET outcome = u.outcome, cost_usd = u.cost, ended_at = u.at,
                                last_sequence = u.seq
          FROM unnest($1::uuid[], $2::text[], $3::float8[], $4::timestamptz[], $5::bigint[])
               AS u(run_id, outcome, cost, at, seq)
-         WHERE r.run_id = ANY($1) AND r.run_id = u.run_id AND r.last_sequence < u.seq",
-    )
-    .bind(ends.keys().copied().collect::<Vec<_>>())
-    .bind(
-        ends.values()
-            .map(|e| e.outcome.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(ends.values().map(|e| e.cost_usd).collect::<Vec<_>>())
-    .bind(ends.values().map(|e| e.at).collect::<Vec<_>>())
-    .bind(ends.values().map(|e| e.sequence).collect::<Vec<_>>())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
+         WHERE r.run_id = ANY($1) AND r.run_id = u.run_id AND r.last_sequence < u.seq";
 
 async fn cancel_open(
     conn: &mut PgConnection,

@@ -63,7 +63,7 @@ pub fn write_along() -> RideAlong {
              ON CONFLICT DO NOTHING",
             Job::TYPE
         ),
-        arg: None,
+        args: vec![],
     }
 }
 
