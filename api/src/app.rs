@@ -85,7 +85,13 @@ pub struct AppState {
     pub clock: crate::commands::Clock,
     /// Where artifact bytes live (in memory until [`AppState::with_artifacts`]).
     pub artifacts: Arc<dyn object_store::ObjectStore>,
+    /// Jobs' products, remembered (a factory write's scope check and stream id).
+    pub job_products: Arc<crate::job_products::JobProducts>,
 }
+
+/// How many jobs' products a process remembers (about 100 bytes each): more than
+/// a large fleet holds leases on at once.
+const JOB_PRODUCTS_REMEMBERED: usize = 50_000;
 
 impl AppState {
     pub fn new(pool: PgPool, admin_token_hash: Option<String>, settings: Settings) -> Self {
@@ -103,6 +109,9 @@ impl AppState {
             settings: Arc::new(settings),
             clock: crate::commands::Clock::default(),
             artifacts: Arc::new(object_store::memory::InMemory::new()),
+            job_products: Arc::new(crate::job_products::JobProducts::new(
+                JOB_PRODUCTS_REMEMBERED,
+            )),
         }
     }
 

@@ -93,6 +93,12 @@ pub async fn claim_jobs(
                 tx.commit().await?;
                 state.events_committed(&events);
                 for c in &claimed {
+                    if let Some(spec) = &c.job.spec {
+                        // The holder's reports and renewals need it next.
+                        state
+                            .job_products
+                            .remember(spec.job_id.0, spec.product_id.as_str());
+                    }
                     let job_id = c.job.spec.as_ref().map(|s| s.job_id);
                     tracing::info!(job_id = ?job_id, factory_id = %factory_id, score = c.breakdown.total, "lease granted");
                 }

@@ -14,6 +14,7 @@ pub mod db;
 pub mod embedded;
 pub mod error;
 pub mod flags;
+pub mod job_products;
 pub mod json;
 pub mod maintenance;
 pub mod metrics;

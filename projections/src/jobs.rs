@@ -226,14 +226,6 @@ pub async fn list(conn: &mut PgConnection, f: &JobFilter) -> Result<Vec<Job>, Pr
         .collect()
 }
 
-/// The product of a job, for scoping a request before its aggregate is loaded.
-pub async fn product_of(
-    conn: &mut PgConnection,
-    job_id: Uuid,
-) -> Result<Option<String>, sqlx::Error> {
-    Ok(products_of(conn, &[job_id]).await?.remove(&job_id))
-}
-
 /// The products of several jobs (unknown ids are left out), for scoping a batch.
 pub async fn products_of(
     conn: &mut PgConnection,

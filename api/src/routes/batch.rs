@@ -20,7 +20,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use gigafactory_domain::job::{Job, ReportStatus};
 use gigafactory_domain::{JobId, ProductId};
-use gigafactory_projections::jobs;
 use rand::Rng;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -149,7 +148,7 @@ pub async fn report(
         report.check(&format!("reports[{n}]."))?;
     }
     let known: Vec<Uuid> = ids.iter().flatten().copied().collect();
-    let products = jobs::products_of(&mut *state.pool.acquire().await?, &known).await?;
+    let products = state.job_products.of(&state.pool, &known).await?;
     // The reports on jobs this factory's products cover, as (index, stream).
     let visible: Vec<(usize, String)> = ids
         .iter()

@@ -22,7 +22,6 @@ use gigafactory_domain::job::{
 };
 use gigafactory_domain::scheduler::WeightOverrides;
 use gigafactory_domain::{FactoryId, JobId, ProductId};
-use gigafactory_projections::jobs;
 use rand::Rng;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -179,16 +178,17 @@ impl Drop for HandOn<'_> {
     }
 }
 
-/// The job's stream, if this factory's products cover the job (404 otherwise): one
-/// indexed lookup of its product, not the whole job.
+/// The job's stream, if this factory's products cover the job (404 otherwise): its
+/// product as remembered (the claim that leased it remembered it), else one indexed
+/// lookup of it.
 async fn factory_stream(
     state: &AppState,
     caller: FactoryCaller,
     id: &str,
 ) -> Result<(FactoryId, String), ApiError> {
     let job_id = JobId(params::id(id, "job")?);
-    let mut conn = state.pool.acquire().await?;
-    match jobs::product_of(&mut conn, job_id.0).await? {
+    let mut products = state.job_products.of(&state.pool, &[job_id.0]).await?;
+    match products.remove(&job_id.0) {
         Some(product) if caller.products.contains(&product) => {
             Ok((caller.factory_id, job_id.stream_id(&ProductId(product))))
         }

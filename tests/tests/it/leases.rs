@@ -290,3 +290,47 @@ async fn cancel_ends_the_lease_and_the_heartbeat_says_stop() {
     let runs = app.get(&format!("/fleet/jobs/{id}/runs"), &op).await;
     assert_eq!(runs.body["items"][0]["outcome"], "cancelled");
 }
+
+/// A process remembers the products of the jobs it leased (no lookup before a
+/// report); another process looks the job up. Either way a factory only reaches
+/// the jobs of its own products.
+#[tokio::test]
+async fn reports_reach_a_job_through_any_process_and_only_from_its_products() {
+    let a = spawn_app().await;
+    let b = gigafactory_tests::spawn_app_on(a.db.clone()).await;
+    let op = a.operator(&["p1", "p2"]).await;
+    let (_, p1_factory) = a.enroll(&op, &["p1"], &[], 2).await;
+    let (_, p2_factory) = a.enroll(&op, &["p2"], &[], 2).await;
+    let mut leased = Vec::new();
+    for _ in 0..2 {
+        a.submit(&op, json!({"productId": "p1", "title": "t"}))
+            .await;
+        let c = a.claim(&p1_factory).await.expect("a lease");
+        leased.push((
+            c["job"]["id"].as_str().unwrap().to_string(),
+            c["lease"]["epoch"].as_u64().unwrap(),
+        ));
+    }
+    for app in [&a, &b] {
+        let r = app
+            .post(
+                &format!("/fleet/jobs/{}/report", leased[0].0),
+                &p2_factory,
+                json!({"epoch": leased[0].1, "status": "running"}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
+    }
+    // The leasing process and the other one each take a report.
+    for (app, (id, epoch)) in [&a, &b].into_iter().zip(&leased) {
+        let r = app
+            .post(
+                &format!("/fleet/jobs/{id}/report"),
+                &p1_factory,
+                json!({"epoch": epoch, "status": "succeeded"}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        assert_eq!(r.body["stage"], "review");
+    }
+}
