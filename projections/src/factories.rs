@@ -121,72 +121,83 @@ pub struct ClaimingFactory {
     pub nominated: Option<Uuid>,
 }
 
-/// Loads a factory for a claim, taking its row lock (one factory's claims take
-/// turns, so it never exceeds its capacity), then reads the clock (`clock_timestamp()`
-/// plus the simulated offset `clock_offset_ms`). Two statements on purpose: the
-/// leases are counted by a statement that starts after the lock is held — a count in
-/// the locking statement would use a snapshot from before the wait and miss the lease
-/// the previous claim just committed. A renewal share-locks the row before reading
-/// its clock, so it cannot extend a lease this count takes for expired.
+/// Loads a factory for a claim, taking its claims lock (one factory's claims take
+/// turns, so it never exceeds its capacity), then reads its row, the clock
+/// (`clock_timestamp()` plus the simulated offset `clock_offset_ms`), its live leases
+/// and its nomination. Two statements on purpose: the second starts after the lock
+/// is held — in the locking statement, its snapshot would be from before the wait
+/// and miss the lease the previous claim just committed. A renewal shares the lock
+/// before reading its clock, so it cannot extend a lease this count takes for
+/// expired.
 pub async fn for_claim(
     conn: &mut PgConnection,
     id: Uuid,
     clock_offset_ms: f64,
 ) -> Result<Option<ClaimingFactory>, sqlx::Error> {
-    let Some(factory) = get(conn, id, true).await? else {
-        return Ok(None);
-    };
-    let (now, live_leases, nominated): (DateTime<Utc>, i64, Option<Uuid>) = sqlx::query_as(
-        "WITH c AS (SELECT clock_timestamp() + $2 * interval '1 millisecond' AS now)
-         SELECT c.now,
+    lock_for_claims(conn, id).await?;
+    let found = sqlx::query(&format!(
+        "{COLUMNS}, c.now,
                 (SELECT count(*) FROM job_view j
-                 WHERE j.lease_factory_id = $1 AND j.lease_expires_at > c.now),
+                 WHERE j.lease_factory_id = $1 AND j.lease_expires_at > c.now) AS live_leases,
                 (SELECT j.job_id FROM job_view j
                  WHERE j.nominated_factory_id = $1 AND j.nominated_until > c.now
                    AND j.stage = 'queued'
-                 ORDER BY j.nominated_until LIMIT 1)
-         FROM c",
-    )
+                 ORDER BY j.nominated_until LIMIT 1) AS nominated
+         {FROM}, (SELECT clock_timestamp() + $2 * interval '1 millisecond' AS now) AS c
+         WHERE f.factory_id = $1"
+    ))
     .bind(id)
     .bind(clock_offset_ms)
-    .fetch_one(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    Ok(Some(ClaimingFactory {
-        factory,
-        now,
-        live_leases,
-        nominated,
+    Ok(found.map(|r| ClaimingFactory {
+        factory: row(&r),
+        now: r.get("now"),
+        live_leases: r.get("live_leases"),
+        nominated: r.get("nominated"),
     }))
 }
 
-/// Share-locks a factory's row until the transaction ends: waits for a claim of
-/// that factory in progress (which holds it exclusively) and holds the next one off.
-pub async fn share_lock(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT 1 FROM factory_view WHERE factory_id = $1 FOR SHARE")
-        .bind(id)
+/// The advisory lock a factory's claims take in turn and its renewals share. Not a
+/// row lock: locking a row gives the transaction an id at once, and the sequencer
+/// gives no position past a transaction id still running — a claim would hold the
+/// whole log back for its ranking and lock rounds. An advisory lock needs no id (the
+/// claim gets one at its INSERT, just before it commits).
+fn claims_lock_key(id: Uuid) -> String {
+    format!("factory-claims/{id}")
+}
+
+/// Takes factory `id`'s claims lock until the transaction ends (what a claim holds
+/// while it counts and grants).
+pub async fn lock_for_claims(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(claims_lock_key(id))
         .execute(conn)
         .await?;
     Ok(())
 }
 
-/// One factory; `lock` takes its row lock (serialises one factory's claims so it
-/// never exceeds its capacity).
-pub async fn get(
-    conn: &mut PgConnection,
-    id: Uuid,
-    lock: bool,
-) -> Result<Option<FactoryRow>, sqlx::Error> {
-    let sql = if lock {
-        format!("{COLUMNS}{FROM} WHERE f.factory_id = $1 FOR UPDATE OF f")
-    } else {
-        format!("{COLUMNS}{FROM} WHERE f.factory_id = $1")
-    };
-    Ok(sqlx::query(&sql)
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?
-        .as_ref()
-        .map(row))
+/// Shares factory `id`'s claims lock until the transaction ends: waits for a claim
+/// of that factory in progress (which holds it exclusively) and holds the next one
+/// off.
+pub async fn share_lock(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))")
+        .bind(claims_lock_key(id))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// One factory.
+pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<FactoryRow>, sqlx::Error> {
+    Ok(
+        sqlx::query(&format!("{COLUMNS}{FROM} WHERE f.factory_id = $1"))
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .as_ref()
+            .map(row),
+    )
 }
 
 /// Active factories serving any product in `scope` (`None` = all), in enrollment

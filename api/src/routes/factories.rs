@@ -142,7 +142,7 @@ async fn factory_for(
     }
     let scope = caller.require_operator()?;
     let mut conn = state.pool.acquire().await?;
-    match factories::get(&mut conn, id.0, false).await? {
+    match factories::get(&mut conn, id.0).await? {
         Some(f) if scope.covers_any(&f.product_ids) => Ok(id),
         _ => Err(ApiError::NotFound("factory")),
     }

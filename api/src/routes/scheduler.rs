@@ -105,7 +105,7 @@ pub async fn explain(
     let factory_id = FactoryId(params::id(factory_id, "factory")?);
     let limit = params::limit(&q)?;
     let mut conn = state.pool.acquire().await?;
-    let factory = factories::get(&mut conn, factory_id.0, false)
+    let factory = factories::get(&mut conn, factory_id.0)
         .await?
         .filter(|f| scope.covers_any(&f.product_ids))
         .ok_or(ApiError::NotFound("factory"))?;

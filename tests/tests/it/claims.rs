@@ -251,16 +251,14 @@ async fn concurrent_claims_of_one_factory_never_exceed_its_capacity() {
     }
 }
 
-/// Holds factory `id`'s row as a claim in progress does, until the returned
+/// Holds factory `id`'s claims lock as a claim in progress does, until the returned
 /// transaction ends.
-async fn hold_factory_row(
+async fn hold_factory_claims(
     app: &gigafactory_tests::TestApp,
     id: &str,
 ) -> sqlx::Transaction<'static, sqlx::Postgres> {
     let mut tx = app.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM factory_view WHERE factory_id = $1::uuid FOR UPDATE")
-        .bind(id)
-        .execute(&mut *tx)
+    gigafactory_projections::factories::lock_for_claims(&mut tx, id.parse().unwrap())
         .await
         .unwrap();
     tx
@@ -306,7 +304,7 @@ async fn a_renewal_waits_for_a_claim_counting_leases_and_judges_by_the_time_afte
     let epoch = r.body["lease"]["epoch"].as_u64().unwrap();
 
     // A claim of this factory is counting its leases...
-    let claim_in_progress = hold_factory_row(&app, &factory).await;
+    let claim_in_progress = hold_factory_claims(&app, &factory).await;
     let renewal = post_in_background(
         &app,
         &format!("/fleet/jobs/{id}/lease/renew"),
@@ -330,7 +328,7 @@ async fn a_claim_that_waited_for_its_factory_dates_the_lease_after_the_wait() {
     app.submit(&op, json!({"productId": "p1", "title": "t"}))
         .await;
     let (factory, ft) = app.enroll(&op, &["p1"], &[], 1).await;
-    let other_claim = hold_factory_row(&app, &factory).await;
+    let other_claim = hold_factory_claims(&app, &factory).await;
     let asked = chrono::Utc::now();
     let claim = post_in_background(&app, "/fleet/claim", &ft, json!({"leaseTtlSecs": 60}));
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -400,5 +398,43 @@ async fn the_lock_step_passes_over_a_job_granted_since_the_read_without_locking_
                 .unwrap();
         assert_eq!(got, free, "{}", job["title"]);
     }
+    claiming.rollback().await.unwrap();
+}
+
+/// The sequencer positions nothing past a transaction id still running. A claim
+/// holds its factory's turn through ranking and lock rounds, and takes a
+/// transaction id only at its INSERT: meanwhile the log goes on.
+#[tokio::test]
+async fn a_claim_holding_its_factory_s_turn_does_not_hold_the_log_back() {
+    let app = spawn_app().await;
+    let op = app.operator(&["p1"]).await;
+    let (factory, _) = app.enroll(&op, &["p1"], &[], 1).await;
+    app.settle().await;
+    let mut claiming = app.pool.begin().await.unwrap();
+    let turn =
+        gigafactory_projections::factories::for_claim(&mut claiming, factory.parse().unwrap(), 0.0)
+            .await
+            .unwrap();
+    assert!(turn.is_some());
+    let xid: Option<String> = sqlx::query_scalar("SELECT pg_current_xact_id_if_assigned()::text")
+        .fetch_one(&mut *claiming)
+        .await
+        .unwrap();
+    assert_eq!(xid, None, "no transaction id yet");
+    let job = app
+        .submit(&op, json!({"productId": "p1", "title": "t"}))
+        .await;
+    app.settle().await;
+    let positioned: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM positioned_events WHERE aggregate_id = $1)",
+    )
+    .bind(format!("p1/{}", job["id"].as_str().unwrap()))
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(
+        positioned,
+        "the submit is positioned while the claim is under way"
+    );
     claiming.rollback().await.unwrap();
 }
