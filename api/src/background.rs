@@ -16,6 +16,8 @@ use tokio::task::JoinHandle;
 
 /// How often the log worker looks for work without a wake-up.
 const LOG_TICK: Duration = Duration::from_millis(200);
+/// How often the projection-lag gauges are refreshed (a query: not every round).
+const LAG_GAUGE_EVERY: Duration = Duration::from_secs(1);
 
 /// Starts the listener, the log worker (sequencer + projector), the sweeper, the
 /// notifier and the table maintainer.
@@ -101,13 +103,17 @@ async fn listen(state: AppState) {
 
 /// Gives positions to committed events and projects them, whenever woken.
 async fn log_worker(state: AppState) {
+    let mut lag_measured = tokio::time::Instant::now() - LAG_GAUGE_EVERY;
     loop {
         if let Err(e) = catch_up(&state).await {
             tracing::warn!(error = %e, "log worker failed a round");
         }
         state.positioned.notify_waiters();
-        if let Err(e) = crate::metrics::record_projection_lag(&state).await {
-            tracing::debug!(error = %e, "projection lag not measured");
+        if lag_measured.elapsed() >= LAG_GAUGE_EVERY {
+            lag_measured = tokio::time::Instant::now();
+            if let Err(e) = crate::metrics::record_projection_lag(&state).await {
+                tracing::debug!(error = %e, "projection lag not measured");
+            }
         }
         tokio::select! {
             _ = state.log_wake.notified() => {}
@@ -117,35 +123,54 @@ async fn log_worker(state: AppState) {
     }
 }
 
-/// Runs the sequencer and the projector until every positioned event is projected
-/// (if another process holds the projector lock, waits for it to get there).
+/// Most events one sequencer call positions.
+const SEQUENCER_BATCH: i32 = 1000;
+/// Most events one projector transaction applies.
+const PROJECTOR_BATCH: i64 = 500;
+
+/// Gives positions to what has committed and projects every positioned event (if
+/// another process holds the projector lock, waits for it to get there). One pass
+/// when the log is quiet: a round that positioned less than a full batch and read
+/// less than a full projector batch has nothing left behind — whatever commits
+/// meanwhile wakes the log worker again. (Each statement of a round waits its turn
+/// for a CPU under load, so a round's statements are its latency.)
 pub async fn catch_up(state: &AppState) -> Result<(), anyhow::Error> {
     loop {
-        let given = assign_positions(&state.pool, 1000).await?;
+        let given = assign_positions(&state.pool, SEQUENCER_BATCH).await?;
+        if given > 0 {
+            // Streams read the log, not the read models (which every command wrote in
+            // its own transaction): new positions are readable now.
+            state.positioned.notify_waiters();
+        }
         let mut projected = 0;
         let mut busy = false;
         loop {
-            match projector::run_once(&state.pool, 500).await? {
-                Some(0) => break,
-                Some(n) => projected += n,
+            match projector::run_once(&state.pool, PROJECTOR_BATCH).await? {
+                Some(n) => {
+                    projected += n;
+                    if (n as i64) < PROJECTOR_BATCH {
+                        break;
+                    }
+                }
                 None => {
                     busy = true;
                     break;
                 }
             }
         }
-        if given > 0 || projected > 0 {
-            // Stream subscribers go on at once, not when the log falls quiet.
+        if projected > 0 {
+            // Positions another process gave, projected here: readable too.
             state.positioned.notify_waiters();
         }
-        if given == 0 && projected == 0 {
-            if !busy
-                || projector::low_water_mark(&state.pool).await?
-                    >= projector::log_head(&state.pool).await?
+        if busy {
+            if projector::low_water_mark(&state.pool).await?
+                >= projector::log_head(&state.pool).await?
             {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
+        } else if given < i64::from(SEQUENCER_BATCH) {
+            return Ok(());
         }
     }
 }

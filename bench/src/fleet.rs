@@ -28,7 +28,8 @@ impl Drain {
 /// `factories` claim → report succeeded, one job per claim, until `jobs` runs ended.
 /// Meanwhile a probe submits a job to an unserved product every 20 ms and times each
 /// submit's acknowledgement until its event reaches an SSE subscriber, which happens
-/// only after the sequencer and the projector have taken it.
+/// once the sequencer gave it its position in the log (the read models have it since
+/// its commit: a command writes them in its own transaction).
 pub async fn drain(
     api: &Api,
     factories: &[String],

@@ -142,7 +142,7 @@ pub fn table(f: &Figures) -> String {
     );
     let _ = writeln!(
         s,
-        "| projection lag under the drain, p50 / p99 (ms, {} probes) | {:.1} / {:.1} | | | p99 ≤ 50 ({}) |",
+        "| projection lag under the drain: append → on the stream in log order, p50 / p99 (ms, {} probes) | {:.1} / {:.1} | | | p99 ≤ 50 ({}) |",
         f.projection_lag_ms.samples,
         f.projection_lag_ms.p50,
         f.projection_lag_ms.p99,

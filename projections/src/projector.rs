@@ -156,13 +156,18 @@ pub async fn checkpoints(
     conn: &mut PgConnection,
 ) -> Result<HashMap<&'static str, i64>, sqlx::Error> {
     let names: Vec<&str> = PROJECTIONS.iter().map(|p| p.name()).collect();
-    sqlx::query("INSERT INTO projection_checkpoints (projection) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING")
-        .bind(&names)
-        .execute(&mut *conn)
-        .await?;
-    let rows = sqlx::query("SELECT projection, position FROM projection_checkpoints")
-        .fetch_all(&mut *conn)
-        .await?;
+    // One statement: the SELECT does not see the CTE's new rows (one snapshot), so
+    // they are added to its answer.
+    let rows = sqlx::query(
+        "WITH created AS (
+             INSERT INTO projection_checkpoints (projection) SELECT unnest($1::text[])
+             ON CONFLICT DO NOTHING RETURNING projection, position)
+         SELECT projection, position FROM projection_checkpoints
+         UNION ALL SELECT projection, position FROM created",
+    )
+    .bind(&names)
+    .fetch_all(&mut *conn)
+    .await?;
     let stored: HashMap<String, i64> = rows
         .iter()
         .map(|r| (r.get("projection"), r.get("position")))
