@@ -12,7 +12,7 @@
 //! queue row cannot cause a second lease.
 
 use crate::app::AppState;
-use crate::commands::{conflict_pause, decide_many, stream_lock_key, ExecError, Executed};
+use crate::commands::{conflict_pause, decide_loaded, stream_lock_key, ExecError, Executed};
 use crate::error::ApiError;
 use crate::scheduling::{rank_for_factory, Pick, CANDIDATES_PER_SET};
 use chrono::{DateTime, Utc};
@@ -21,6 +21,8 @@ use gigafactory_domain::scheduler::{Breakdown, JobCandidate, WeightOverrides};
 use gigafactory_domain::{FactoryId, RunId};
 use gigafactory_projections::factories;
 use gigafactory_projections::EventRecord;
+use sqlx::Row;
+use std::collections::HashMap;
 use uuid::Uuid;
 
 const MAX_CLAIM_RETRIES: usize = 20;
@@ -170,7 +172,10 @@ impl Grant<'_> {
         let mut rest = ranked;
         while claimed.len() < want && !rest.is_empty() && locks_left > 0 {
             let limit = (want - claimed.len()).min(locks_left);
-            let locked = lock_free(tx, rest.iter().map(|p| &p.job), limit).await?;
+            let Locked {
+                indexes: locked,
+                jobs,
+            } = lock_free(tx, rest.iter().map(|p| &p.job), limit).await?;
             let Some(&last) = locked.last() else {
                 raced = true;
                 break;
@@ -190,7 +195,7 @@ impl Grant<'_> {
                     (p.job.job_id.stream_id(&p.job.product_id), command)
                 })
                 .collect();
-            let outcomes = match decide_many::<Job>(tx, commands).await {
+            let outcomes = match decide_loaded::<Job>(tx, commands, jobs).await {
                 Ok(outcomes) => outcomes,
                 Err(ExecError::Conflict(_)) => return Ok(Granted::Contended),
                 Err(e) => return Err(crate::commands::into_api::<Job>(e)),
@@ -232,43 +237,74 @@ impl Grant<'_> {
     }
 }
 
+/// The picks a lock step took, and their jobs as the log has them.
+pub struct Locked {
+    /// Indexes into the picks, ascending.
+    pub indexes: Vec<usize>,
+    /// Each locked job's aggregate, by stream id.
+    pub jobs: HashMap<String, Job>,
+}
+
 /// Takes the stream locks of the first `limit` of `jobs` (best first) that are still
-/// queued and that no other transaction holds, in one round trip; returns their
-/// indexes, ascending. Only those locks are taken: the scan stops at the `limit`-th
-/// success.
+/// queued and that no other transaction holds, and loads their streams — one round
+/// trip. Only those locks are taken: the scan stops at the `limit`-th success.
+///
+/// The streams are read with the statement's snapshot, taken before the locks: a
+/// job another claim granted and committed in that instant is loaded without its
+/// grant, and the append of ours then conflicts on the stream's sequence (the claim
+/// reads again). The queue check shares that snapshot, so it is the same race as
+/// before, now caught one statement later.
 pub async fn lock_free<'a>(
     tx: &mut sqlx::PgConnection,
     jobs: impl IntoIterator<Item = &'a JobCandidate>,
     limit: usize,
-) -> Result<Vec<usize>, sqlx::Error> {
-    let (keys, jobs): (Vec<String>, Vec<Uuid>) = jobs
-        .into_iter()
-        .map(|j| {
-            (
-                stream_lock_key::<Job>(&j.job_id.stream_id(&j.product_id)),
-                j.job_id.0,
-            )
-        })
-        .unzip();
-    // No ORDER BY: it would evaluate the filter — take the locks — of every row.
-    // A pick another claimer was granted since our read (committed before this
-    // statement began) is stepped over without taking its lock: holding it would make
-    // that job's holder wait for our commit to report or renew. CASE evaluates the
-    // queue check first.
-    let ordinals: Vec<i64> = sqlx::query_scalar(
-        "SELECT ord FROM unnest($1::text[], $3::uuid[]) WITH ORDINALITY AS c(key, job_id, ord)
-         WHERE CASE WHEN EXISTS (SELECT 1 FROM job_view j
-                                 WHERE j.job_id = c.job_id AND j.stage = 'queued')
-                    THEN pg_try_advisory_xact_lock(hashtextextended(key, 0))
-                    ELSE false END
-         LIMIT $2",
+) -> Result<Locked, ApiError> {
+    let mut keys = Vec::new();
+    let mut ids = Vec::new();
+    let mut streams = Vec::new();
+    for j in jobs {
+        let stream = j.job_id.stream_id(&j.product_id);
+        keys.push(stream_lock_key::<Job>(&stream));
+        ids.push(j.job_id.0);
+        streams.push(stream);
+    }
+    // No ORDER BY in `locked`: it would evaluate the filter — take the locks — of
+    // every row. A pick another claimer was granted since our read (committed before
+    // this statement began) is stepped over without taking its lock: holding it would
+    // make that job's holder wait for our commit to report or renew. CASE evaluates
+    // the queue check first: one probe of the job's primary key per pick (OFFSET 0
+    // and no stage filter in the sub-select: a generic plan made on fresh statistics
+    // hashed a whole queue index instead). LATERAL loads each locked stream by key.
+    let rows = sqlx::query(
+        "WITH locked AS MATERIALIZED (
+             SELECT ord, stream FROM unnest($1::text[], $3::uuid[], $4::text[])
+                 WITH ORDINALITY AS c(key, job_id, stream, ord)
+             WHERE CASE WHEN (SELECT j.stage FROM job_view j WHERE j.job_id = c.job_id
+                              OFFSET 0) = 'queued'
+                        THEN pg_try_advisory_xact_lock(hashtextextended(key, 0))
+                        ELSE false END
+             LIMIT $2)
+         SELECT l.ord, l.stream AS aggregate_id, e.sequence, e.event_type, e.payload
+         FROM locked l
+         LEFT JOIN LATERAL (
+             SELECT s.sequence, s.event_type, s.payload::jsonb AS payload FROM events s
+             WHERE s.aggregate_type = $5 AND s.aggregate_id = l.stream
+         ) e ON true
+         ORDER BY l.ord, e.sequence",
     )
     .bind(&keys)
     .bind(limit as i64)
-    .bind(&jobs)
+    .bind(&ids)
+    .bind(&streams)
+    .bind(<Job as cqrs_es::Aggregate>::TYPE)
     .fetch_all(&mut *tx)
     .await?;
-    let mut indexes: Vec<usize> = ordinals.into_iter().map(|o| o as usize - 1).collect();
-    indexes.sort_unstable();
-    Ok(indexes)
+    let mut indexes: Vec<usize> = rows
+        .iter()
+        .map(|r| r.get::<i64, _>("ord") as usize - 1)
+        .collect();
+    indexes.dedup();
+    let locked_streams: Vec<String> = indexes.iter().map(|&i| streams[i].clone()).collect();
+    let jobs = gigafactory_projections::log::fold_streams::<Job>(&locked_streams, &rows)?;
+    Ok(Locked { indexes, jobs })
 }

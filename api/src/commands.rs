@@ -155,7 +155,24 @@ where
     if ids.iter().collect::<std::collections::HashSet<_>>().len() != ids.len() {
         return Err(ExecError::DuplicateStream);
     }
-    let mut aggregates = log::load_many::<A>(conn, &ids).await?;
+    let aggregates = log::load_many::<A>(conn, &ids).await?;
+    decide_loaded(conn, commands, aggregates).await
+}
+
+/// As [`decide_many`], on the aggregates the caller loaded (after taking their
+/// stream locks): the claim loads them in the statement that takes the locks.
+pub async fn decide_loaded<A>(
+    conn: &mut PgConnection,
+    commands: Vec<(String, A::Command)>,
+    mut aggregates: std::collections::HashMap<String, A>,
+) -> Result<Vec<Outcome<A>>, ExecError<A::Error>>
+where
+    A: Aggregate<Services = ()> + Stream + 'static,
+{
+    let ids: Vec<&String> = commands.iter().map(|(id, _)| id).collect();
+    if ids.iter().collect::<std::collections::HashSet<_>>().len() != ids.len() {
+        return Err(ExecError::DuplicateStream);
+    }
     // Per command: its aggregate and how many of `rows` are its events, or the refusal.
     let mut decided: Vec<Result<(A, usize), A::Error>> = Vec::with_capacity(commands.len());
     let mut rows: Vec<NewEvent> = Vec::new();

@@ -291,13 +291,26 @@ pub async fn load_many<A: Aggregate>(
     .bind(aggregate_ids)
     .fetch_all(&mut *conn)
     .await?;
+    fold_streams(aggregate_ids, &rows)
+}
+
+/// Folds `(aggregate_id, sequence, event_type, payload jsonb)` rows, in sequence
+/// order per stream, into the aggregates of `aggregate_ids` (a stream with no
+/// events — or only a row whose `sequence` is NULL — is `A::default()`).
+pub fn fold_streams<A: Aggregate>(
+    aggregate_ids: &[String],
+    rows: &[sqlx::postgres::PgRow],
+) -> Result<std::collections::HashMap<String, A>, ProjectionError> {
     let mut aggregates: std::collections::HashMap<String, A> = aggregate_ids
         .iter()
         .map(|id| (id.clone(), A::default()))
         .collect();
     for row in rows {
+        if row.get::<Option<i64>, _>("sequence").is_none() {
+            continue;
+        }
         let id: String = row.get("aggregate_id");
-        let event = decode_row::<A>(&row, &id)?;
+        let event = decode_row::<A>(row, &id)?;
         aggregates.entry(id).or_default().apply(event);
     }
     Ok(aggregates)

@@ -380,7 +380,11 @@ async fn the_lock_step_passes_over_a_job_granted_since_the_read_without_locking_
     let locked = gigafactory_api::claim::lock_free(&mut claiming, &picks, 1)
         .await
         .unwrap();
-    assert_eq!(locked, vec![1], "the granted job is passed over");
+    assert_eq!(locked.indexes, vec![1], "the granted job is passed over");
+    // The locked job comes loaded from its stream.
+    let loaded = &locked.jobs[&format!("p1/{}", second["id"].as_str().unwrap())];
+    assert_eq!(loaded.version, 1);
+    assert_eq!(loaded.stage.as_str(), "queued");
     // The granted job's stream lock is free for its holder; the queued one is held.
     let mut other = app.pool.acquire().await.unwrap();
     let key = |job: &serde_json::Value| {
