@@ -31,14 +31,24 @@ impl Databases {
         })
     }
 
-    /// A new empty database; returns its URL.
+    /// A new empty database; returns its URL. Both sides get the same transport:
+    /// without TLS unless the given URL names an `sslmode` (graphile-worker's driver
+    /// does not use TLS unless asked; ours would by default when the server offers
+    /// it, as Debian's does, and pay for it on every round trip).
     pub async fn fresh(&self, purpose: &str) -> anyhow::Result<String> {
         let name = format!("{}_{purpose}", self.prefix);
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&self.admin)
             .await?;
         self.created.lock().unwrap().push(name.clone());
-        Ok(with_database(&self.server, &name))
+        let url = with_database(&self.server, &name);
+        Ok(if url.contains("sslmode=") {
+            url
+        } else if url.contains('?') {
+            format!("{url}&sslmode=disable")
+        } else {
+            format!("{url}?sslmode=disable")
+        })
     }
 
     /// A server setting (`SHOW`).
