@@ -17,16 +17,27 @@ CREATE TABLE event_positions
     event_id bigint NOT NULL UNIQUE
 );
 
+-- Processes still running the old code may append and sequence meanwhile: hold the
+-- old sequencer off (the head's row lock) and every writer (the table lock) until
+-- this migration commits, so no position is given between the copy and the drop.
+SELECT last_position FROM event_log_head FOR UPDATE;
+LOCK TABLE events IN ACCESS EXCLUSIVE MODE;
+
 INSERT INTO event_positions (position, event_id)
 SELECT position, id FROM events WHERE position IS NOT NULL;
 
 ALTER TABLE event_log_head
     ADD COLUMN scan_from_txid xid8   NOT NULL DEFAULT '0',
     ADD COLUMN scan_from_id   bigint NOT NULL DEFAULT 0;
+-- The mark: the visibility horizon (a transaction still running, e.g. one that took
+-- its id before our locks, can still append below any later mark), or the first
+-- committed event without a position, whichever comes first.
 UPDATE event_log_head SET scan_from_txid = pg_snapshot_xmin(pg_current_snapshot());
 UPDATE event_log_head SET (scan_from_txid, scan_from_id) =
     (SELECT txid, id FROM events WHERE position IS NULL ORDER BY txid, id LIMIT 1)
-WHERE EXISTS (SELECT 1 FROM events WHERE position IS NULL);
+WHERE EXISTS (SELECT 1 FROM events
+              WHERE position IS NULL
+                AND (txid, id) < (pg_snapshot_xmin(pg_current_snapshot()), 0));
 
 CREATE INDEX events_txid ON events (txid, id);
 DROP INDEX events_unpositioned;

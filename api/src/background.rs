@@ -162,14 +162,16 @@ pub async fn catch_up(state: &AppState) -> Result<(), anyhow::Error> {
             // Positions another process gave, projected here: readable too.
             state.positioned.notify_waiters();
         }
+        let more_to_position = given >= i64::from(SEQUENCER_BATCH);
         if busy {
-            if projector::low_water_mark(&state.pool).await?
-                >= projector::log_head(&state.pool).await?
+            if !more_to_position
+                && projector::low_water_mark(&state.pool).await?
+                    >= projector::log_head(&state.pool).await?
             {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
-        } else if given < i64::from(SEQUENCER_BATCH) {
+        } else if !more_to_position {
             return Ok(());
         }
     }

@@ -16,13 +16,19 @@
 use sqlx::PgPool;
 
 /// The tables whose plans and dead rows matter on the hot path.
-const BUSY_TABLES: [&str; 4] = ["job_view", "run_view", "events", "job_event_view"];
+const BUSY_TABLES: [&str; 5] = [
+    "job_view",
+    "run_view",
+    "events",
+    "job_event_view",
+    "event_positions",
+];
 
 /// Changes since the last analysis, as a share of the rows the table had then
 /// (`reltuples`, as autovacuum counts), that make it due:
 /// autovacuum's tenth for the tables whose plans depend on their contents, a whole
 /// table's worth for the append-only ones.
-const ANALYZE_SHARE: [f64; 4] = [0.1, 0.1, 1.0, 1.0];
+const ANALYZE_SHARE: [f64; 5] = [0.1, 0.1, 1.0, 1.0, 1.0];
 
 /// Analyses and vacuums the busy tables that need it; returns what it did.
 pub async fn refresh(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {

@@ -193,6 +193,12 @@ pub async fn revoke(
 /// Releases every lease a revoked factory holds (the sweeper does the same for any a
 /// crash left behind).
 async fn release_leases_of(state: &AppState, factory_id: FactoryId) -> Result<(), ApiError> {
+    // A claim of this factory that read it active before the revocation committed may
+    // still be granting: wait for its turn to end (the factory's claims lock), so its
+    // lease is among those read below. Later claims find the factory revoked.
+    let mut turn = state.pool.begin().await?;
+    gigafactory_projections::factories::lock_for_claims(&mut turn, factory_id.0).await?;
+    turn.commit().await?;
     let mut conn = state.pool.acquire().await?;
     let held = jobs::leases_of(&mut conn, &[factory_id.0]).await?;
     drop(conn);

@@ -442,3 +442,28 @@ async fn a_claim_holding_its_factory_s_turn_does_not_hold_the_log_back() {
     );
     claiming.rollback().await.unwrap();
 }
+
+/// A claim that found its factory active may still be granting when the factory is
+/// revoked: the revocation waits for that claim's turn, so the lease it grants is
+/// released with the others.
+#[tokio::test]
+async fn a_revocation_waits_for_a_claim_under_way_before_releasing_leases() {
+    let app = spawn_app().await;
+    let op = app.operator(&["p1"]).await;
+    let (factory, _) = app.enroll(&op, &["p1"], &[], 1).await;
+    let claim_in_progress = hold_factory_claims(&app, &factory).await;
+    let revocation = post_in_background(
+        &app,
+        &format!("/fleet/factories/{factory}/token/revoke"),
+        &op,
+        json!({}),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !revocation.is_finished(),
+        "the revocation waits for the claim"
+    );
+    claim_in_progress.commit().await.unwrap();
+    let (status, body) = revocation.await.unwrap();
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body:?}");
+}
