@@ -152,9 +152,7 @@ where
     A: Aggregate<Services = ()> + Stream + 'static,
 {
     let ids: Vec<String> = commands.iter().map(|(id, _)| id.clone()).collect();
-    if ids.iter().collect::<std::collections::HashSet<_>>().len() != ids.len() {
-        return Err(ExecError::DuplicateStream);
-    }
+    // decide_loaded refuses a stream named twice.
     let aggregates = log::load_many::<A>(conn, &ids).await?;
     decide_loaded(conn, commands, aggregates).await
 }

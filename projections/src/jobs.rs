@@ -147,13 +147,9 @@ const UPSERT: &str =
 
 /// Upserts rows in one statement; a row never replaces a newer version.
 async fn write_rows(conn: &mut PgConnection, rows: Vec<Value>) -> Result<(), ProjectionError> {
-    if rows.is_empty() {
-        return Ok(());
+    if let Some(write) = upsert(rows) {
+        write.run_alone(conn).await?;
     }
-    sqlx::query(UPSERT)
-        .bind(Value::Array(rows))
-        .execute(&mut *conn)
-        .await?;
     Ok(())
 }
 
@@ -161,7 +157,11 @@ async fn write_rows(conn: &mut PgConnection, rows: Vec<Value>) -> Result<(), Pro
 /// events (the command path holds the jobs it just advanced); `None` when there is
 /// nothing to write.
 pub fn write_along(jobs: &[&Job]) -> Option<RideAlong> {
-    let rows: Vec<Value> = jobs.iter().filter_map(|j| row(j)).collect();
+    upsert(jobs.iter().filter_map(|j| row(j)).collect())
+}
+
+/// The upsert of `rows`; `None` when there are none.
+fn upsert(rows: Vec<Value>) -> Option<RideAlong> {
     (!rows.is_empty()).then(|| RideAlong {
         sql: UPSERT.to_string(),
         args: vec![Arg::Json(Value::Array(rows))],

@@ -132,6 +132,18 @@ impl Arg {
     }
 }
 
+impl RideAlong {
+    /// Runs it as a statement of its own (the projector's and the replay's way).
+    pub async fn run_alone(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let mut query = sqlx::query(&self.sql);
+        for arg in &self.args {
+            query = arg.bind(query);
+        }
+        query.execute(conn).await?;
+        Ok(())
+    }
+}
+
 /// `sql` with each parameter `$n` renumbered `$n + offset`.
 fn renumber(sql: &str, offset: usize) -> String {
     let mut out = String::with_capacity(sql.len() + 8);

@@ -218,11 +218,11 @@ pub fn plan<'a>(
 impl RunWrites {
     /// Writes them, one statement per kind of write present.
     pub async fn apply(self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        if let Some(write) = self.started_write() {
-            run(conn, write).await?;
-        }
-        if let Some(write) = self.ends_write() {
-            run(conn, write).await?;
+        for write in [self.started_write(), self.ends_write()]
+            .into_iter()
+            .flatten()
+        {
+            write.run_alone(conn).await?;
         }
         cancel_open(conn, &self.cancels).await
     }
@@ -284,16 +284,6 @@ impl RunWrites {
             ],
         })
     }
-}
-
-/// Runs one of the writes as a statement of its own.
-async fn run(conn: &mut PgConnection, write: RideAlong) -> Result<(), ProjectionError> {
-    let mut query = sqlx::query(&write.sql);
-    for arg in &write.args {
-        query = arg.bind(query);
-    }
-    query.execute(&mut *conn).await?;
-    Ok(())
 }
 
 /// Inserts the runs started (`$1`…`$10`: one array per column); a row already this
