@@ -1,9 +1,9 @@
 //! The claim: lease the best job this factory may run, never two leases on one job.
 //!
-//! One transaction: lock the factory's row (its claims take turns, so it never
-//! exceeds its capacity), read a bounded candidate set without row locks, rank it
-//! with the pure scoring scheduler, then take — in one statement — the stream lock of
-//! the best-ranked job no other claimer holds (`pg_try_advisory_xact_lock` in rank
+//! One transaction, begun holding the factory's claims lock (its claims take turns,
+//! so it never exceeds its capacity): read a bounded candidate set without row
+//! locks, rank it with the pure scoring scheduler, then take — in one statement —
+//! the stream lock of the best-ranked job no other claimer holds (`pg_try_advisory_xact_lock` in rank
 //! order), and grant the lease there: appending `LeaseGranted` and updating the queue
 //! row in the same transaction. Concurrent claimers therefore spread over the ranked
 //! jobs instead of queueing behind the top one, and no claimer holds row locks that
@@ -20,6 +20,7 @@ use gigafactory_domain::job::{Job, JobCommand};
 use gigafactory_domain::scheduler::{Breakdown, JobCandidate, WeightOverrides};
 use gigafactory_domain::{FactoryId, RunId};
 use gigafactory_projections::factories;
+use gigafactory_projections::turns::{self, Turn};
 use gigafactory_projections::EventRecord;
 use sqlx::Row;
 use std::collections::HashMap;
@@ -49,7 +50,9 @@ pub async fn claim_jobs(
     max: usize,
 ) -> Result<Vec<Claimed>, ApiError> {
     for attempt in 0..MAX_CLAIM_RETRIES {
-        let mut tx = state.pool.begin().await?;
+        // BEGIN and the factory's claims lock in one round trip.
+        let turn = Turn::of(factories::claims_lock_key(factory_id.0));
+        let mut tx = turns::begin(&state.pool, &turn).await?;
         let factories::ClaimingFactory {
             factory,
             now,

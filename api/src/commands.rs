@@ -12,6 +12,7 @@ use gigafactory_domain::Stream;
 use gigafactory_projections::log::{self, AppendError, NewEvent};
 use gigafactory_projections::projector::Projection;
 use gigafactory_projections::runs;
+use gigafactory_projections::turns::{self, Turn};
 use gigafactory_projections::{apply_to_read_models, EventRecord, ProjectionError};
 use rand::Rng;
 use sqlx::PgConnection;
@@ -78,24 +79,6 @@ impl Clock {
             .bind(self.offset_ms.load(Ordering::Relaxed) as f64)
             .fetch_one(conn)
             .await
-    }
-
-    /// Waits for the writer lock of stream `key` (held until the transaction ends),
-    /// then reads the clock — one round trip.
-    pub async fn now_after_lock(
-        &self,
-        conn: &mut PgConnection,
-        key: &str,
-    ) -> Result<DateTime<Utc>, sqlx::Error> {
-        // OFFSET 0 keeps the lock in its own step, evaluated before the clock.
-        sqlx::query_scalar(
-            "SELECT clock_timestamp() + $2 * interval '1 millisecond'
-             FROM (SELECT pg_advisory_xact_lock(hashtextextended($1, 0)) OFFSET 0) AS locked",
-        )
-        .bind(key)
-        .bind(self.offset_ms.load(Ordering::Relaxed) as f64)
-        .fetch_one(conn)
-        .await
     }
 
     /// The simulated clock's offset from the database's, in milliseconds (for a
@@ -271,9 +254,9 @@ where
     execute_with(state, aggregate_id, None, make).await
 }
 
-/// As [`execute`], also holding `factory`'s row share-locked from before the clock is
-/// read until the commit. A lease renewal needs it: a claim counts the factory's live
-/// leases under that row's exclusive lock, so a renewal either commits before the
+/// As [`execute`], also sharing `factory`'s claims lock from before the clock is read
+/// until the commit. A lease renewal needs it: a claim counts the factory's live
+/// leases holding that lock exclusively, so a renewal either commits before the
 /// count starts (and is counted) or reads its clock after the claim committed (and
 /// finds a lease the claim counted as expired expired) — never over capacity.
 pub async fn execute_holding_factory<A, F>(
@@ -322,9 +305,10 @@ where
     in_turn(state, aggregate_ids, None, make).await
 }
 
-/// The one command loop: in a transaction, take the streams' writer locks (and
-/// `factory`'s row share lock), then read the clock — a command that waited judges by
-/// the time it got its turn — decide, commit if anything was appended; retry the
+/// The one command loop: begin a transaction holding the streams' writer locks (and
+/// `factory`'s claims lock, shared), all in the round trip of its `BEGIN`
+/// ([`turns`]); then read the clock with the streams — a command that waited judges
+/// by the time it got its turn — decide, commit if anything was appended; retry the
 /// whole transaction on a conflict with a short random pause.
 async fn in_turn<A, F>(
     state: &AppState,
@@ -340,25 +324,21 @@ where
         .iter()
         .map(|id| stream_lock_key::<A>(id))
         .collect();
+    let mut turn = Turn::of_all(&keys);
+    if let Some(factory) = factory {
+        turn = turn.sharing(gigafactory_projections::factories::claims_lock_key(factory));
+    }
     for attempt in 0..MAX_CONFLICT_RETRIES {
-        let mut tx = state.pool.begin().await?;
-        let now = match (&keys[..], factory) {
-            // The common case in one round trip.
-            ([key], None) => state.clock.now_after_lock(&mut tx, key).await?,
-            _ => {
-                lock_streams(&mut tx, &keys).await?;
-                if let Some(factory) = factory {
-                    gigafactory_projections::factories::share_lock(&mut tx, factory).await?;
-                }
-                state.clock.now(&mut tx).await?
-            }
-        };
+        // BEGIN and the locks in one round trip; the clock and the streams in the next.
+        let mut tx = turns::begin(&state.pool, &turn).await?;
+        let (now, aggregates) =
+            log::load_many_at_clock::<A>(&mut tx, aggregate_ids, state.clock.offset_ms()).await?;
         let commands = aggregate_ids
             .iter()
             .enumerate()
             .map(|(i, id)| (id.clone(), make(i, now)))
             .collect();
-        match decide_many::<A>(&mut tx, commands).await {
+        match decide_loaded::<A>(&mut tx, commands, aggregates).await {
             Ok(outcomes) => {
                 let events: Vec<EventRecord> = outcomes
                     .iter()

@@ -59,6 +59,10 @@ pub struct Args {
     /// Also write every figure as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Run only the replay/verify scenario and print its figures as JSON (for
+    /// profiling the log's throughput without the drains).
+    #[arg(long)]
+    log_only: bool,
 }
 
 impl Args {
@@ -128,6 +132,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         bin.display()
     );
     let dbs = db::Databases::connect(&args.server_url()).await?;
+    if args.log_only {
+        step(&format!(
+            "replay and verify on {} events",
+            args.replay_events
+        ));
+        let result = async {
+            let url = dbs.fresh("replay").await?;
+            logbench::measure(&url, args.replay_events).await
+        }
+        .await;
+        dbs.drop_all().await;
+        println!("{}", serde_json::to_string_pretty(&result?)?);
+        return Ok(());
+    }
     let result = scenarios(&args, &bin, &dbs).await;
     dbs.drop_all().await;
     let figures = result?;

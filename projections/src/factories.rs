@@ -121,20 +121,19 @@ pub struct ClaimingFactory {
     pub nominated: Option<Uuid>,
 }
 
-/// Loads a factory for a claim, taking its claims lock (one factory's claims take
-/// turns, so it never exceeds its capacity), then reads its row, the clock
-/// (`clock_timestamp()` plus the simulated offset `clock_offset_ms`), its live leases
-/// and its nomination. Two statements on purpose: the second starts after the lock
-/// is held — in the locking statement, its snapshot would be from before the wait
-/// and miss the lease the previous claim just committed. A renewal shares the lock
-/// before reading its clock, so it cannot extend a lease this count takes for
+/// Loads a factory for a claim, in a transaction that already holds its claims lock
+/// (one factory's claims take turns, so it never exceeds its capacity: the claim
+/// begins with it, [`crate::turns`]): its row, the clock (`clock_timestamp()` plus
+/// the simulated offset `clock_offset_ms`), its live leases and its nomination. Not
+/// in the locking statement: that statement's snapshot would be from before the
+/// wait and miss the lease the previous claim just committed. A renewal shares the
+/// lock before reading its clock, so it cannot extend a lease this count takes for
 /// expired.
 pub async fn for_claim(
     conn: &mut PgConnection,
     id: Uuid,
     clock_offset_ms: f64,
 ) -> Result<Option<ClaimingFactory>, sqlx::Error> {
-    lock_for_claims(conn, id).await?;
     let found = sqlx::query(&format!(
         "{COLUMNS}, c.now,
                 (SELECT count(*) FROM job_view j
@@ -163,7 +162,7 @@ pub async fn for_claim(
 /// gives no position past a transaction id still running — a claim would hold the
 /// whole log back for its ranking and lock rounds. An advisory lock needs no id (the
 /// claim gets one at its INSERT, just before it commits).
-fn claims_lock_key(id: Uuid) -> String {
+pub fn claims_lock_key(id: Uuid) -> String {
     format!("factory-claims/{id}")
 }
 
@@ -171,17 +170,6 @@ fn claims_lock_key(id: Uuid) -> String {
 /// while it counts and grants).
 pub async fn lock_for_claims(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(claims_lock_key(id))
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// Shares factory `id`'s claims lock until the transaction ends: waits for a claim
-/// of that factory in progress (which holds it exclusively) and holds the next one
-/// off.
-pub async fn share_lock(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))")
         .bind(claims_lock_key(id))
         .execute(conn)
         .await?;

@@ -5,6 +5,7 @@
 //!   order, and reading the log by position.
 //! - one module per read model, owning its table's SQL: [`jobs`], [`runs`],
 //!   [`timeline`], [`factories`], [`credentials`], [`liveness`].
+//! - [`turns`]: transactions that begin holding their advisory locks.
 //! - [`projector`]: applies the log, in position order, to every read model, with a
 //!   checkpoint per projection kept in the same transaction as its writes.
 //!
@@ -25,6 +26,7 @@ pub mod replay;
 pub mod runs;
 pub mod settings;
 pub mod timeline;
+pub mod turns;
 
 pub use log::{EventRecord, NewEvent};
 

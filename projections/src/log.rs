@@ -306,6 +306,34 @@ pub async fn load_many<A: Aggregate>(
     fold_streams(aggregate_ids, &rows)
 }
 
+/// As [`load_many`], and reads the clock (`clock_timestamp()` plus the simulated
+/// offset `clock_offset_ms`) in the same statement: for a transaction that began
+/// holding the streams' writer locks ([`crate::turns`]), the time it got its turn.
+pub async fn load_many_at_clock<A: Aggregate>(
+    conn: &mut PgConnection,
+    aggregate_ids: &[String],
+    clock_offset_ms: f64,
+) -> Result<(DateTime<Utc>, std::collections::HashMap<String, A>), ProjectionError> {
+    let rows = sqlx::query(
+        "SELECT c.now, e.aggregate_id, e.sequence, e.event_type, e.payload
+         FROM (SELECT clock_timestamp() + $3 * interval '1 millisecond' AS now) AS c
+         LEFT JOIN LATERAL (
+             SELECT aggregate_id, sequence, event_type, payload::jsonb AS payload FROM events
+             WHERE aggregate_type = $1 AND aggregate_id = ANY($2)) AS e ON true
+         ORDER BY e.aggregate_id, e.sequence",
+    )
+    .bind(A::TYPE)
+    .bind(aggregate_ids)
+    .bind(clock_offset_ms)
+    .fetch_all(&mut *conn)
+    .await?;
+    let now = rows
+        .first()
+        .map(|r| r.get("now"))
+        .expect("the clock row is always there");
+    Ok((now, fold_streams(aggregate_ids, &rows)?))
+}
+
 /// Folds `(aggregate_id, sequence, event_type, payload jsonb)` rows, in sequence
 /// order per stream, into the aggregates of `aggregate_ids` (a stream with no
 /// events — or only a row whose `sequence` is NULL — is `A::default()`).

@@ -16,3 +16,4 @@ mod projector;
 mod scheduler;
 mod simulate;
 mod tokens;
+mod turns;
