@@ -7,10 +7,11 @@ use crate::error::ApiError;
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
-use gigafactory_domain::job::Job;
+use gigafactory_domain::job::{Job, JobCommand, JobError};
 use gigafactory_domain::Stream;
+use gigafactory_projections::jobs;
 use gigafactory_projections::log::{self, AppendError, NewEvent};
-use gigafactory_projections::projector::Projection;
+use gigafactory_projections::projector::{Projection, PROJECTIONS};
 use gigafactory_projections::runs;
 use gigafactory_projections::turns::{self, Turn};
 use gigafactory_projections::{apply_to_read_models, EventRecord, ProjectionError};
@@ -145,8 +146,26 @@ where
 pub async fn decide_loaded<A>(
     conn: &mut PgConnection,
     commands: Vec<(String, A::Command)>,
-    mut aggregates: std::collections::HashMap<String, A>,
+    aggregates: std::collections::HashMap<String, A>,
 ) -> Result<Vec<Outcome<A>>, ExecError<A::Error>>
+where
+    A: Aggregate<Services = ()> + Stream + 'static,
+{
+    decide(commands, aggregates).await?.write(conn).await
+}
+
+/// Commands decided (pure: no I/O) and the events they would append.
+struct Decided<A: Aggregate> {
+    /// Per command: its aggregate and how many of `rows` are its events, or the refusal.
+    outcomes: Vec<Result<(A, usize), A::Error>>,
+    rows: Vec<NewEvent>,
+}
+
+/// Runs each command on its aggregate (a missing one is `A::default()`).
+async fn decide<A>(
+    commands: Vec<(String, A::Command)>,
+    mut aggregates: std::collections::HashMap<String, A>,
+) -> Result<Decided<A>, ExecError<A::Error>>
 where
     A: Aggregate<Services = ()> + Stream + 'static,
 {
@@ -154,8 +173,7 @@ where
     if ids.iter().collect::<std::collections::HashSet<_>>().len() != ids.len() {
         return Err(ExecError::DuplicateStream);
     }
-    // Per command: its aggregate and how many of `rows` are its events, or the refusal.
-    let mut decided: Vec<Result<(A, usize), A::Error>> = Vec::with_capacity(commands.len());
+    let mut outcomes: Vec<Result<(A, usize), A::Error>> = Vec::with_capacity(commands.len());
     let mut rows: Vec<NewEvent> = Vec::new();
     for (id, command) in commands {
         let mut aggregate = aggregates.remove(&id).unwrap_or_default();
@@ -164,7 +182,7 @@ where
         // event before writing the first, so a refusal leaves the aggregate as it was.
         let sink = EventSink::default();
         if let Err(e) = aggregate.handle(command, &(), &sink).await {
-            decided.push(Err(e));
+            outcomes.push(Err(e));
             continue;
         }
         let events = sink.collect().await;
@@ -173,50 +191,141 @@ where
         rows.extend(events.iter().enumerate().map(|(i, e)| {
             NewEvent::of::<A>(&id, before + 1 + i as u64, e, product.as_deref(), &visible)
         }));
-        decided.push(Ok((aggregate, events.len())));
+        outcomes.push(Ok((aggregate, events.len())));
     }
-    // Job commands hold the jobs they just advanced: their rows, and the timeline of
-    // the events appended, are written by the append's own statement; the other read
-    // models apply the events.
-    let jobs: Vec<&Job> = decided
-        .iter()
-        .filter_map(|d| d.as_ref().ok())
-        .filter(|(_, n)| *n > 0)
-        .filter_map(|(a, _)| (a as &dyn std::any::Any).downcast_ref::<Job>())
-        .collect();
-    let mut written = vec![Projection::Timeline];
-    let mut along = vec![gigafactory_projections::timeline::write_along()];
-    if let Some(job_rows) = gigafactory_projections::jobs::write_along(&jobs) {
-        written.push(Projection::Jobs);
-        along.push(job_rows);
+    Ok(Decided { outcomes, rows })
+}
+
+impl<A> Decided<A>
+where
+    A: Aggregate<Services = ()> + Stream + 'static,
+{
+    /// The read-model writes that ride along with the append (and the projections
+    /// they cover). Job commands hold the jobs they just advanced: their rows, and the
+    /// timeline of the events appended, are written by the append's own statement.
+    fn along(&self) -> Result<(Vec<Projection>, Vec<log::RideAlong>), ExecError<A::Error>> {
+        let jobs: Vec<&Job> = self
+            .outcomes
+            .iter()
+            .filter_map(|d| d.as_ref().ok())
+            .filter(|(_, n)| *n > 0)
+            .filter_map(|(a, _)| (a as &dyn std::any::Any).downcast_ref::<Job>())
+            .collect();
+        let mut written = vec![Projection::Timeline];
+        let mut along = vec![gigafactory_projections::timeline::write_along()];
+        if let Some(job_rows) = gigafactory_projections::jobs::write_along(&jobs) {
+            written.push(Projection::Jobs);
+            along.push(job_rows);
+        }
+        if let Some(runs) = runs::plan(self.rows.iter().map(runs::RunSource::from))?.write_along() {
+            written.push(Projection::Runs);
+            along.extend(runs);
+        }
+        Ok((written, along))
     }
-    if let Some(runs) = runs::plan(rows.iter().map(runs::RunSource::from))?.write_along() {
-        written.push(Projection::Runs);
-        along.extend(runs);
+
+    /// Whether the append's one statement writes every read model the events touch
+    /// (then it needs no transaction of its own).
+    fn one_statement(&self) -> Result<bool, ExecError<A::Error>> {
+        let (written, _) = self.along()?;
+        Ok(!PROJECTIONS.iter().any(|p| {
+            !written.contains(p)
+                && self
+                    .rows
+                    .iter()
+                    .any(|r| p.touches(r.aggregate_type, &r.event_type))
+        }))
     }
-    let records = log::append_with(conn, &rows, &along)
-        .await
-        .map_err(|e| match e {
-            AppendError::Db(d) => ExecError::Db(d),
-            c => ExecError::Conflict(c),
-        })?;
-    if !records.is_empty() {
-        apply_to_read_models(conn, &records, &written).await?;
-    }
-    for r in &records {
-        metrics::counter!("gigafactory_events_appended_total", "type" => r.event_type.clone())
-            .increment(1);
-    }
-    let mut records = records.into_iter();
-    Ok(decided
-        .into_iter()
-        .map(|d| {
-            d.map(|(aggregate, n)| Executed {
-                aggregate,
-                events: records.by_ref().take(n).collect(),
+
+    /// Appends the events (one statement, with the ride-along writes), applies them
+    /// to the other read models, and hands each command its outcome. On
+    /// `ExecError::Conflict` nothing was appended (in a transaction: it is aborted).
+    async fn write(self, conn: &mut PgConnection) -> Result<Vec<Outcome<A>>, ExecError<A::Error>> {
+        let (written, along) = self.along()?;
+        let records = log::append_with(conn, &self.rows, &along)
+            .await
+            .map_err(|e| match e {
+                AppendError::Db(d) => ExecError::Db(d),
+                c => ExecError::Conflict(c),
+            })?;
+        if !records.is_empty() {
+            apply_to_read_models(conn, &records, &written).await?;
+        }
+        for r in &records {
+            metrics::counter!("gigafactory_events_appended_total", "type" => r.event_type.clone())
+                .increment(1);
+        }
+        let mut records = records.into_iter();
+        Ok(self
+            .outcomes
+            .into_iter()
+            .map(|d| {
+                d.map(|(aggregate, n)| Executed {
+                    aggregate,
+                    events: records.by_ref().take(n).collect(),
+                })
             })
-        })
-        .collect())
+            .collect())
+    }
+}
+
+/// Runs `make(now)` on job stream `aggregate_id` optimistically, for commands whose
+/// stream seldom has another writer at the same moment (a lease holder's report):
+/// decided on the job read model's state ([`jobs::state_at_clock`]: the stream
+/// folded to its version, read with the clock), then appended by one autocommit
+/// statement that also writes every read model the events touch — no `BEGIN`, stream
+/// lock, load or `COMMIT` round trip. The events' key (aggregate, sequence) refuses
+/// the append if the stream moved since the read; the command then runs the locked
+/// way ([`execute`]), as it does when the events need more than the one statement.
+pub async fn execute_optimistic<F>(
+    state: &AppState,
+    aggregate_id: &str,
+    make: F,
+) -> Result<Executed<Job>, ExecError<JobError>>
+where
+    F: Fn(DateTime<Utc>) -> JobCommand,
+{
+    let mut conn = state.pool.acquire().await?;
+    let (now, job) = jobs::state_at_clock(
+        &mut conn,
+        jobs::job_id_of(aggregate_id),
+        state.clock.offset_ms(),
+    )
+    .await?;
+    if let Some(job) = job {
+        if let Some(done) = try_on_read_model(&mut conn, aggregate_id, job, make(now)).await? {
+            if !done.events.is_empty() {
+                state.events_committed(&done.events);
+            }
+            return Ok(done);
+        }
+    }
+    drop(conn);
+    execute(state, aggregate_id, make).await
+}
+
+/// The optimistic step of [`execute_optimistic`] on `job` as read: `Ok(None)` when
+/// the command must run the locked way (the stream moved since the read, or its
+/// events need more than one statement); nothing was appended then.
+pub async fn try_on_read_model(
+    conn: &mut PgConnection,
+    aggregate_id: &str,
+    job: Job,
+    command: JobCommand,
+) -> Result<Option<Executed<Job>>, ExecError<JobError>> {
+    let decided = decide(
+        vec![(aggregate_id.to_string(), command)],
+        [(aggregate_id.to_string(), job)].into(),
+    )
+    .await?;
+    if !decided.rows.is_empty() && !decided.one_statement()? {
+        return Ok(None);
+    }
+    match decided.write(conn).await {
+        Ok(outcomes) => only(outcomes).map(Some),
+        Err(ExecError::Conflict(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Waits for the writer locks of several streams (held until the transaction ends),

@@ -63,6 +63,11 @@ pub struct Args {
     /// profiling the log's throughput without the drains).
     #[arg(long)]
     log_only: bool,
+    /// Run only the one-job drain (with its claim latency and projection lag) and
+    /// graphile-worker's default drain, and print those figures as JSON (for A/B runs
+    /// while profiling).
+    #[arg(long)]
+    drain_only: bool,
 }
 
 impl Args {
@@ -146,6 +151,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&result?)?);
         return Ok(());
     }
+    if args.drain_only {
+        let result = drains_only(&args, &bin, &dbs).await;
+        dbs.drop_all().await;
+        println!("{}", serde_json::to_string_pretty(&result?)?);
+        return Ok(());
+    }
     let result = scenarios(&args, &bin, &dbs).await;
     dbs.drop_all().await;
     let figures = result?;
@@ -154,6 +165,67 @@ async fn run(args: Args) -> anyhow::Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&figures)?)?;
     }
     Ok(())
+}
+
+/// The one-job drain on a fresh database and server (left running for the
+/// scenarios that follow on it): its figures, the server, the client, the operator
+/// token and the factories' tokens.
+async fn one_job_drain(
+    args: &Args,
+    bin: &std::path::Path,
+    dbs: &db::Databases,
+    work: &std::path::Path,
+) -> anyhow::Result<(
+    fleet::Drain,
+    server::Server,
+    client::Api,
+    String,
+    Vec<String>,
+)> {
+    let url = dbs.fresh("drain").await?;
+    let server = server::Server::start(bin, &url, work).await?;
+    let api = client::Api::new(&server.url, args.factories * 2 + 8)?;
+    let operator = api.operator_token(&server.admin_token, &["bench"]).await?;
+    let probe = api.operator_token(&server.admin_token, &["probe"]).await?;
+    let factories = api.enroll(&operator, "bench", args.factories, 1).await?;
+    step(&format!("submitting {} jobs (untimed)", args.jobs));
+    api.submit_many(&operator, "bench", args.jobs, args.factories)
+        .await?;
+    step("draining with Gigafactory");
+    let drain = fleet::drain(&api, &factories, args.jobs, &probe, "probe").await?;
+    Ok((drain, server, api, operator, factories))
+}
+
+/// graphile-worker's drain in `mode` (`default` or `batched`) on a fresh database.
+async fn graphile_drain(
+    args: &Args,
+    dbs: &db::Databases,
+    mode: &str,
+) -> anyhow::Result<graphile::GraphileDrain> {
+    step(&format!("draining with graphile-worker ({mode} mode)"));
+    let url = dbs.fresh(&format!("graphile_{mode}")).await?;
+    graphile::drain(&args.graphile_dir, &url, args.jobs, args.factories, mode).await
+}
+
+/// `--drain-only`: the one-job drain against graphile-worker's default drain.
+async fn drains_only(
+    args: &Args,
+    bin: &std::path::Path,
+    dbs: &db::Databases,
+) -> anyhow::Result<serde_json::Value> {
+    let work = std::env::temp_dir().join(format!("gigafactory-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let (drain, server, ..) = one_job_drain(args, bin, dbs, &work).await?;
+    server.stop().await;
+    let graphile = graphile_drain(args, dbs, "default").await?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(serde_json::json!({
+        "drainJobsPerSecond": drain.jobs_per_second(),
+        "graphileJobsPerSecond": graphile.jobs_per_second,
+        "ratio": drain.jobs_per_second() / graphile.jobs_per_second,
+        "claimMs": drain.claim_ms,
+        "projectionLagMs": drain.projection_lag_ms,
+    }))
 }
 
 fn step(what: &str) {
@@ -170,17 +242,7 @@ async fn scenarios(
     let machine = report::Machine::read(dbs).await;
 
     // Gigafactory: drain (+ projection lag), idle latency, lifecycle — one server.
-    let url = dbs.fresh("drain").await?;
-    let server = server::Server::start(bin, &url, &work).await?;
-    let api = client::Api::new(&server.url, args.factories * 2 + 8)?;
-    let operator = api.operator_token(&server.admin_token, &["bench"]).await?;
-    let probe = api.operator_token(&server.admin_token, &["probe"]).await?;
-    let factories = api.enroll(&operator, "bench", args.factories, 1).await?;
-    step(&format!("submitting {} jobs (untimed)", args.jobs));
-    api.submit_many(&operator, "bench", args.jobs, args.factories)
-        .await?;
-    step("draining with Gigafactory");
-    let drain = fleet::drain(&api, &factories, args.jobs, &probe, "probe").await?;
+    let (drain, server, api, operator, factories) = one_job_drain(args, bin, dbs, &work).await?;
     step("idle enqueue → claim");
     let idle =
         fleet::idle_enqueue_to_claim(&api, &operator, "bench", &factories, args.idle_samples)
@@ -209,26 +271,8 @@ async fn scenarios(
     server.stop().await;
 
     // graphile-worker, default and batched, each on its own fresh database.
-    step("draining with graphile-worker (default settings)");
-    let url = dbs.fresh("graphile").await?;
-    let graphile = graphile::drain(
-        &args.graphile_dir,
-        &url,
-        args.jobs,
-        args.factories,
-        "default",
-    )
-    .await?;
-    step("draining with graphile-worker (batched mode)");
-    let url = dbs.fresh("graphile_batched").await?;
-    let graphile_batched = graphile::drain(
-        &args.graphile_dir,
-        &url,
-        args.jobs,
-        args.factories,
-        "batched",
-    )
-    .await?;
+    let graphile = graphile_drain(args, dbs, "default").await?;
+    let graphile_batched = graphile_drain(args, dbs, "batched").await?;
 
     // Memory with a deep queue.
     step(&format!(

@@ -180,6 +180,32 @@ pub async fn get(conn: &mut PgConnection, job_id: JobId) -> Result<Option<Job>, 
         .transpose()
 }
 
+/// The clock (`clock_timestamp()` plus the simulated offset `clock_offset_ms`) and
+/// job `job_id` as the read model has it, in one statement. The row is written with
+/// every job event in the event's own transaction, so its state is the job's stream
+/// folded to its `version` — what an optimistic command decides on.
+pub async fn state_at_clock(
+    conn: &mut PgConnection,
+    job_id: Uuid,
+    clock_offset_ms: f64,
+) -> Result<(DateTime<Utc>, Option<Job>), ProjectionError> {
+    let row = sqlx::query(
+        "SELECT c.now, j.state
+         FROM (SELECT clock_timestamp() + $2 * interval '1 millisecond' AS now) AS c
+         LEFT JOIN job_view j ON j.job_id = $1",
+    )
+    .bind(job_id)
+    .bind(clock_offset_ms)
+    .fetch_one(&mut *conn)
+    .await?;
+    let job = row
+        .get::<Option<Value>, _>("state")
+        .map(serde_json::from_value::<Job>)
+        .transpose()
+        .map_err(ProjectionError::State)?;
+    Ok((row.get("now"), job))
+}
+
 /// Filters for the job list.
 #[derive(Debug, Default, Clone)]
 pub struct JobFilter {

@@ -61,6 +61,32 @@ impl Projection {
         }
     }
 
+    /// Whether applying an event of this aggregate type and event type writes to this
+    /// projection's tables (the `apply` functions skip every other event without a
+    /// statement). A command that writes every projection an event touches in the
+    /// append's own statement needs no other statement, and so no transaction.
+    pub fn touches(self, aggregate_type: &str, event_type: &str) -> bool {
+        use cqrs_es::Aggregate;
+        use gigafactory_domain::{access, factory, flags, job, settings};
+        match self {
+            Self::Jobs | Self::Timeline => aggregate_type == job::Job::TYPE,
+            Self::Runs => {
+                aggregate_type == job::Job::TYPE && crate::runs::RUN_EVENTS.contains(&event_type)
+            }
+            Self::Factories => aggregate_type == factory::Factory::TYPE,
+            Self::Credentials => {
+                aggregate_type == access::AccessToken::TYPE
+                    || aggregate_type == factory::Factory::TYPE
+            }
+            Self::Settings => aggregate_type == settings::ProductSettings::TYPE,
+            Self::Flags => aggregate_type == flags::FleetFlags::TYPE,
+            Self::Artifacts => {
+                aggregate_type == job::Job::TYPE
+                    && matches!(event_type, "ArtifactAdded" | "ArtifactDeleted")
+            }
+        }
+    }
+
     /// Applies a batch of events in log order. The busy projections (jobs, runs,
     /// timeline) write a batch in a few statements; the others go event by event
     /// (their events are rare).

@@ -104,6 +104,18 @@ pub async fn apply_batch(
     plan(events.iter().map(RunSource::from))?.apply(conn).await
 }
 
+/// The job events that touch runs: the others are skipped without decoding.
+pub const RUN_EVENTS: [&str; 8] = [
+    "LeaseGranted",
+    "RunSucceeded",
+    "RunFailed",
+    "LeaseExpired",
+    "LeaseReleased",
+    "LeasePreempted",
+    "LeaseRevoked",
+    "JobCancelled",
+];
+
 /// What a batch of events (in log order) writes to `run_view`.
 pub fn plan<'a>(
     events: impl IntoIterator<Item = RunSource<'a>>,
@@ -112,17 +124,6 @@ pub fn plan<'a>(
     let mut index: HashMap<Uuid, usize> = HashMap::new();
     let mut ends: HashMap<Uuid, RunEnd> = HashMap::new();
     let mut cancels: Vec<(Uuid, DateTime<Utc>, i64)> = Vec::new();
-    // Only these job events touch runs: the others are skipped without decoding.
-    const RUN_EVENTS: [&str; 8] = [
-        "LeaseGranted",
-        "RunSucceeded",
-        "RunFailed",
-        "LeaseExpired",
-        "LeaseReleased",
-        "LeasePreempted",
-        "LeaseRevoked",
-        "JobCancelled",
-    ];
     for event in events
         .into_iter()
         .filter(|e| e.aggregate_type == Job::TYPE && RUN_EVENTS.contains(&e.event_type))

@@ -7,7 +7,7 @@ use super::params;
 use crate::app::AppState;
 use crate::auth::FactoryCaller;
 use crate::claim;
-use crate::commands::{execute, execute_holding_factory, into_api};
+use crate::commands::{execute, execute_holding_factory, execute_optimistic, into_api};
 use crate::error::ApiError;
 use crate::json::JsonBody;
 use crate::views;
@@ -339,7 +339,9 @@ pub async fn report(
     let (factory_id, stream) = factory_stream(&state, caller, &id).await?;
     body.check("")?;
     let jitter: f64 = rand::thread_rng().gen();
-    let done = execute::<Job, _>(&state, &stream, |now| body.command(factory_id, jitter, now))
+    // Only the lease holder reports: decided on the job read model, one autocommit
+    // statement (the locked way when the stream moved meanwhile).
+    let done = execute_optimistic(&state, &stream, |now| body.command(factory_id, jitter, now))
         .await
         .map_err(into_api::<Job>)?;
     if body.ends_run() && !done.events.is_empty() {

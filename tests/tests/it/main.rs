@@ -9,6 +9,7 @@ mod claims;
 mod leases;
 mod lifecycle;
 mod openapi;
+mod optimistic;
 mod platform;
 mod preemption;
 mod process;

@@ -1,0 +1,216 @@
+//! Reports decide on the job read model and append in one autocommit statement
+//! (`commands::execute_optimistic`): the read model is the stream folded, and a
+//! stream that moved since the read refuses the append and appends nothing, after
+//! which the locked way decides.
+
+use gigafactory_api::commands::try_on_read_model;
+use gigafactory_domain::job::{Job, JobCommand, Report, ReportStatus};
+use gigafactory_domain::FactoryId;
+use gigafactory_projections::{jobs, log};
+use gigafactory_tests::{spawn_app, TestApp};
+use reqwest::StatusCode;
+use serde_json::json;
+
+/// A factory holding a lease: (operator, factory id, factory token, job id, epoch).
+async fn leased(app: &TestApp) -> (String, String, String, String, u64) {
+    let op = app.operator(&["p1"]).await;
+    let (factory_id, ft) = app.enroll(&op, &["p1"], &[], 2).await;
+    app.submit(
+        &op,
+        json!({"productId": "p1", "title": "t", "maxAttempts": 3}),
+    )
+    .await;
+    let c = app.claim(&ft).await.expect("a lease");
+    let id = c["job"]["id"].as_str().unwrap().to_string();
+    (
+        op,
+        factory_id,
+        ft,
+        id,
+        c["lease"]["epoch"].as_u64().unwrap(),
+    )
+}
+
+fn succeeded(factory_id: &str, epoch: u64, now: chrono::DateTime<chrono::Utc>) -> JobCommand {
+    JobCommand::Report {
+        factory_id: FactoryId(factory_id.parse().unwrap()),
+        epoch,
+        status: ReportStatus::Succeeded,
+        report: Report {
+            progress: None,
+            checkpoint: None,
+            cost_usd: Some(0.5),
+            error: None,
+        },
+        jitter: 0.5,
+        now,
+    }
+}
+
+#[tokio::test]
+async fn a_report_on_a_read_the_stream_has_moved_past_appends_nothing() {
+    let app = spawn_app().await;
+    let (op, factory_id, ft, id, epoch) = leased(&app).await;
+    let stream = format!("p1/{id}");
+    let mut conn = app.pool.acquire().await.unwrap();
+    let (now, job) = jobs::state_at_clock(&mut conn, id.parse().unwrap(), 0.0)
+        .await
+        .unwrap();
+    let read = job.expect("the job is in the read model");
+
+    // Another write lands between the read and the append.
+    let renewed = app
+        .post(
+            &format!("/fleet/jobs/{id}/lease/renew"),
+            &ft,
+            json!({"epoch": epoch}),
+        )
+        .await;
+    assert_eq!(renewed.status, StatusCode::OK, "{:?}", renewed.body);
+    let before = app.event_count().await;
+
+    let outcome = try_on_read_model(&mut conn, &stream, read, succeeded(&factory_id, epoch, now))
+        .await
+        .unwrap();
+    assert!(outcome.is_none(), "the stale read must not decide");
+    assert_eq!(app.event_count().await, before, "nothing appended");
+
+    // The report itself takes the locked way and lands once, after the renewal.
+    let r = app
+        .post(
+            &format!("/fleet/jobs/{id}/report"),
+            &ft,
+            json!({"epoch": epoch, "status": "succeeded", "costUsd": 0.5}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["stage"], "review");
+    let events = app.get(&format!("/fleet/jobs/{id}/events"), &op).await;
+    let types: Vec<&str> = events.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "JobSubmitted",
+            "LeaseGranted",
+            "LeaseRenewed",
+            "RunSucceeded"
+        ],
+        "{:?}",
+        events.body
+    );
+}
+
+#[tokio::test]
+async fn an_optimistic_report_on_a_current_read_appends_once_with_its_read_models() {
+    let app = spawn_app().await;
+    let (op, factory_id, _ft, id, epoch) = leased(&app).await;
+    let stream = format!("p1/{id}");
+    let mut conn = app.pool.acquire().await.unwrap();
+    let (now, job) = jobs::state_at_clock(&mut conn, id.parse().unwrap(), 0.0)
+        .await
+        .unwrap();
+    let stale = job.clone().unwrap();
+    let before = app.event_count().await;
+    let done = try_on_read_model(
+        &mut conn,
+        &stream,
+        job.unwrap(),
+        succeeded(&factory_id, epoch, now),
+    )
+    .await
+    .unwrap()
+    .expect("a current read decides");
+    assert_eq!(done.events.len(), 1);
+    assert_eq!(app.event_count().await, before + 1);
+    // Its read models were written by the same (autocommit) statement.
+    let got = app.get(&format!("/fleet/jobs/{id}"), &op).await;
+    assert_eq!(got.body["stage"], "review", "{:?}", got.body);
+    let runs = app.get(&format!("/fleet/jobs/{id}/runs"), &op).await;
+    assert_eq!(
+        runs.body["items"][0]["outcome"], "succeeded",
+        "{:?}",
+        runs.body
+    );
+    assert_eq!(runs.body["items"][0]["costUsd"], 0.5);
+    // A second try on the same read, now stale, conflicts and appends nothing.
+    let before = app.event_count().await;
+    let refused = try_on_read_model(
+        &mut conn,
+        &stream,
+        stale,
+        succeeded(&factory_id, epoch, now),
+    )
+    .await;
+    assert!(
+        matches!(refused, Ok(None)),
+        "a read one version behind conflicts: {refused:?}"
+    );
+    assert_eq!(app.event_count().await, before);
+}
+
+#[tokio::test]
+async fn the_job_read_model_is_the_stream_folded_after_a_whole_lifecycle() {
+    let app = spawn_app().await;
+    let (op, _factory_id, ft, id, epoch) = leased(&app).await;
+    // Renew, fail (back to the queue after a backoff), claim again, succeed, ship.
+    let renew = app
+        .post(
+            &format!("/fleet/jobs/{id}/lease/renew"),
+            &ft,
+            json!({"epoch": epoch}),
+        )
+        .await;
+    assert_eq!(renew.status, StatusCode::OK);
+    let failed = app
+        .post(
+            &format!("/fleet/jobs/{id}/report"),
+            &ft,
+            json!({"epoch": epoch, "status": "failed", "error": "boom", "costUsd": 0.1}),
+        )
+        .await;
+    assert_eq!(failed.status, StatusCode::OK, "{:?}", failed.body);
+    app.state.clock.advance(chrono::Duration::minutes(10));
+    let again = app
+        .claim(&ft)
+        .await
+        .expect("claimed again after the backoff");
+    let epoch = again["lease"]["epoch"].as_u64().unwrap();
+    for body in [
+        json!({"epoch": epoch, "status": "running", "progress": 0.5, "checkpoint": {"step": 2}}),
+        json!({"epoch": epoch, "status": "succeeded", "costUsd": 0.2}),
+    ] {
+        let r = app
+            .post(&format!("/fleet/jobs/{id}/report"), &ft, body)
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    }
+    let shipped = app
+        .patch(
+            &format!("/fleet/jobs/{id}"),
+            &op,
+            json!({"stage": "shipped"}),
+        )
+        .await;
+    assert_eq!(shipped.status, StatusCode::OK, "{:?}", shipped.body);
+
+    let mut conn = app.pool.acquire().await.unwrap();
+    let stream = format!("p1/{id}");
+    let folded = log::load_many::<Job>(&mut conn, std::slice::from_ref(&stream))
+        .await
+        .unwrap()
+        .remove(&stream)
+        .unwrap();
+    let (_, read) = jobs::state_at_clock(&mut conn, id.parse().unwrap(), 0.0)
+        .await
+        .unwrap();
+    assert!(folded.version >= 7, "the whole lifecycle is in the stream");
+    assert_eq!(
+        serde_json::to_value(read.unwrap()).unwrap(),
+        serde_json::to_value(folded).unwrap()
+    );
+}
