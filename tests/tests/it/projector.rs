@@ -535,3 +535,60 @@ async fn upgrading_moves_positions_beside_the_log_and_goes_on_from_them() {
     );
     pool.close().await;
 }
+
+#[tokio::test]
+async fn a_window_held_back_behind_later_predecessors_does_not_stall_the_log() {
+    // No server: this test alone calls the sequencer, with a batch of 3.
+    let db = gigafactory_tests::TestDb::create().await;
+    let pool = db.pool(4).await;
+    // L takes its transaction id first; E then appends the first event of three
+    // streams and commits; L appends each stream's second event. In (txid, id) order
+    // L's three events come first, and each waits for E's event of its stream.
+    let mut later = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *later)
+        .await
+        .unwrap();
+    let firsts: Vec<(String, NewEvent)> = (0..3).map(|i| submitted(&format!("s{i}"))).collect();
+    let mut earlier = pool.begin().await.unwrap();
+    let rows: Vec<NewEvent> = firsts.iter().map(|(_, row)| row.clone()).collect();
+    append(&mut earlier, &rows).await.unwrap();
+    earlier.commit().await.unwrap();
+    let seconds: Vec<NewEvent> = firsts
+        .iter()
+        .flat_map(|(stream, _)| followers(stream, 2, 1))
+        .collect();
+    append(&mut later, &seconds).await.unwrap();
+    later.commit().await.unwrap();
+
+    // The first window of a batch of 3 is exactly L's events, all held back: the
+    // sequencer must look past it (other tests' transactions may hold it back for a
+    // moment; `position` waits for them, and fails if the log stays stalled).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut given = 0;
+    while given < 6 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sequencer stalled with {given} of 6 positioned"
+        );
+        given += gigafactory_projections::log::assign_positions(&pool, 3)
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(given, 6);
+    for (stream, _) in &firsts {
+        let positions: Vec<Option<i64>> = sqlx::query_scalar(
+            "SELECT p.position FROM events e LEFT JOIN event_positions p ON p.event_id = e.id
+             WHERE e.aggregate_id = $1 ORDER BY e.sequence",
+        )
+        .bind(stream)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert!(
+            matches!(positions[..], [Some(a), Some(b)] if a < b),
+            "{stream} in sequence order: {positions:?}"
+        );
+    }
+}
