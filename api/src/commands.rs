@@ -285,23 +285,49 @@ pub async fn execute_optimistic<F>(
 where
     F: Fn(DateTime<Utc>) -> JobCommand,
 {
+    only(execute_many_optimistic(state, &[aggregate_id.to_string()], |_, now| make(now)).await?)
+}
+
+/// As [`execute_optimistic`] for commands on several job streams (ids distinct), all
+/// in one statement: if any stream moved since the read, none is written and the
+/// batch runs the locked way ([`execute_many`]).
+pub async fn execute_many_optimistic<F>(
+    state: &AppState,
+    aggregate_ids: &[String],
+    make: F,
+) -> Result<Vec<Outcome<Job>>, ExecError<JobError>>
+where
+    F: Fn(usize, DateTime<Utc>) -> JobCommand,
+{
+    let job_ids: Vec<uuid::Uuid> = aggregate_ids.iter().map(|id| jobs::job_id_of(id)).collect();
     let mut conn = state.pool.acquire().await?;
-    let (now, job) = jobs::state_at_clock(
-        &mut conn,
-        jobs::job_id_of(aggregate_id),
-        state.clock.offset_ms(),
-    )
-    .await?;
-    if let Some(job) = job {
-        if let Some(done) = try_on_read_model(&mut conn, aggregate_id, job, make(now)).await? {
-            if !done.events.is_empty() {
-                state.events_committed(&done.events);
+    let (now, mut read) =
+        jobs::states_at_clock(&mut conn, &job_ids, state.clock.offset_ms()).await?;
+    let loaded: Option<std::collections::HashMap<String, Job>> = aggregate_ids
+        .iter()
+        .zip(&job_ids)
+        .map(|(id, job_id)| read.remove(job_id).map(|job| (id.clone(), job)))
+        .collect();
+    if let Some(loaded) = loaded {
+        let commands = aggregate_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), make(i, now)))
+            .collect();
+        if let Some(outcomes) = try_on_read_models(&mut conn, commands, loaded).await? {
+            let events: Vec<EventRecord> = outcomes
+                .iter()
+                .filter_map(|o| o.as_ref().ok())
+                .flat_map(|e| e.events.iter().cloned())
+                .collect();
+            if !events.is_empty() {
+                state.events_committed(&events);
             }
-            return Ok(done);
+            return Ok(outcomes);
         }
     }
     drop(conn);
-    execute(state, aggregate_id, make).await
+    execute_many(state, aggregate_ids, make).await
 }
 
 /// The optimistic step of [`execute_optimistic`] on `job` as read: `Ok(None)` when
@@ -313,16 +339,28 @@ pub async fn try_on_read_model(
     job: Job,
     command: JobCommand,
 ) -> Result<Option<Executed<Job>>, ExecError<JobError>> {
-    let decided = decide(
+    let outcomes = try_on_read_models(
+        conn,
         vec![(aggregate_id.to_string(), command)],
         [(aggregate_id.to_string(), job)].into(),
     )
     .await?;
+    outcomes.map(only).transpose()
+}
+
+/// The optimistic step for several commands on the jobs as read (one per command's
+/// stream): `Ok(None)` when they must run the locked way; nothing was appended then.
+pub async fn try_on_read_models(
+    conn: &mut PgConnection,
+    commands: Vec<(String, JobCommand)>,
+    jobs: std::collections::HashMap<String, Job>,
+) -> Result<Option<Vec<Outcome<Job>>>, ExecError<JobError>> {
+    let decided = decide(commands, jobs).await?;
     if !decided.rows.is_empty() && !decided.one_statement()? {
         return Ok(None);
     }
     match decided.write(conn).await {
-        Ok(outcomes) => only(outcomes).map(Some),
+        Ok(outcomes) => Ok(Some(outcomes)),
         Err(ExecError::Conflict(_)) => Ok(None),
         Err(e) => Err(e),
     }

@@ -189,21 +189,37 @@ pub async fn state_at_clock(
     job_id: Uuid,
     clock_offset_ms: f64,
 ) -> Result<(DateTime<Utc>, Option<Job>), ProjectionError> {
-    let row = sqlx::query(
-        "SELECT c.now, j.state
+    let (now, mut jobs) = states_at_clock(conn, &[job_id], clock_offset_ms).await?;
+    Ok((now, jobs.remove(&job_id)))
+}
+
+/// As [`state_at_clock`], for several jobs (those without a row are left out).
+pub async fn states_at_clock(
+    conn: &mut PgConnection,
+    job_ids: &[Uuid],
+    clock_offset_ms: f64,
+) -> Result<(DateTime<Utc>, HashMap<Uuid, Job>), ProjectionError> {
+    let rows = sqlx::query(
+        "SELECT c.now, j.job_id, j.state
          FROM (SELECT clock_timestamp() + $2 * interval '1 millisecond' AS now) AS c
-         LEFT JOIN job_view j ON j.job_id = $1",
+         LEFT JOIN job_view j ON j.job_id = ANY($1)",
     )
-    .bind(job_id)
+    .bind(job_ids)
     .bind(clock_offset_ms)
-    .fetch_one(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    let job = row
-        .get::<Option<Value>, _>("state")
-        .map(serde_json::from_value::<Job>)
-        .transpose()
-        .map_err(ProjectionError::State)?;
-    Ok((row.get("now"), job))
+    let now = rows
+        .first()
+        .map(|r| r.get("now"))
+        .expect("the clock row is always there");
+    let mut jobs = HashMap::new();
+    for r in &rows {
+        if let Some(state) = r.get::<Option<Value>, _>("state") {
+            let job = serde_json::from_value::<Job>(state).map_err(ProjectionError::State)?;
+            jobs.insert(r.get("job_id"), job);
+        }
+    }
+    Ok((now, jobs))
 }
 
 /// Filters for the job list.

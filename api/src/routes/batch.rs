@@ -10,7 +10,7 @@ use super::leases::{claimed_json, wait_for_claims, Claim, ReportBody};
 use crate::app::AppState;
 use crate::auth::FactoryCaller;
 use crate::claim::MAX_BATCH;
-use crate::commands::{execute_many, into_api};
+use crate::commands::{execute_many_optimistic, into_api};
 use crate::error::ApiError;
 use crate::json::JsonBody;
 use crate::views;
@@ -172,7 +172,9 @@ pub async fn report(
     let outcomes = if streams.is_empty() {
         vec![]
     } else {
-        execute_many::<Job, _>(&state, &streams, |i, now| {
+        // As the one-job report: decided on the read model, one autocommit statement
+        // for the whole batch (the locked way when any stream moved meanwhile).
+        execute_many_optimistic(&state, &streams, |i, now| {
             reports[visible[i].0].command(factory_id, jitters[i], now)
         })
         .await

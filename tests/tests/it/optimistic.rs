@@ -214,3 +214,70 @@ async fn the_job_read_model_is_the_stream_folded_after_a_whole_lifecycle() {
         serde_json::to_value(folded).unwrap()
     );
 }
+
+#[tokio::test]
+async fn a_batch_with_one_stale_read_appends_nothing_for_any_of_its_jobs() {
+    let app = spawn_app().await;
+    let (op, factory_id, ft, first, first_epoch) = leased(&app).await;
+    app.submit(&op, json!({"productId": "p1", "title": "second"}))
+        .await;
+    let c = app.claim(&ft).await.expect("a second lease");
+    let second = c["job"]["id"].as_str().unwrap().to_string();
+    let second_epoch = c["lease"]["epoch"].as_u64().unwrap();
+    let ids: Vec<uuid::Uuid> = [&first, &second]
+        .iter()
+        .map(|i| i.parse().unwrap())
+        .collect();
+    let mut conn = app.pool.acquire().await.unwrap();
+    let (now, mut read) = jobs::states_at_clock(&mut conn, &ids, 0.0).await.unwrap();
+    assert_eq!(read.len(), 2);
+    // The second job moves on after the read.
+    let renewed = app
+        .post(
+            &format!("/fleet/jobs/{second}/lease/renew"),
+            &ft,
+            json!({"epoch": second_epoch}),
+        )
+        .await;
+    assert_eq!(renewed.status, StatusCode::OK);
+    let before = app.event_count().await;
+    let streams = [format!("p1/{first}"), format!("p1/{second}")];
+    let commands = vec![
+        (streams[0].clone(), succeeded(&factory_id, first_epoch, now)),
+        (
+            streams[1].clone(),
+            succeeded(&factory_id, second_epoch, now),
+        ),
+    ];
+    let jobs = [
+        (streams[0].clone(), read.remove(&ids[0]).unwrap()),
+        (streams[1].clone(), read.remove(&ids[1]).unwrap()),
+    ]
+    .into();
+    let outcome = gigafactory_api::commands::try_on_read_models(&mut conn, commands, jobs)
+        .await
+        .unwrap();
+    assert!(
+        outcome.is_none(),
+        "one stale read sends the batch the locked way"
+    );
+    assert_eq!(
+        app.event_count().await,
+        before,
+        "nothing appended for either job"
+    );
+
+    // Through the endpoint, both land.
+    let r = app
+        .post(
+            "/fleet/batch/report",
+            &ft,
+            json!({"reports": [
+                {"jobId": first, "epoch": first_epoch, "status": "succeeded"},
+                {"jobId": second, "epoch": second_epoch, "status": "succeeded"}
+            ]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(app.event_count().await, before + 2);
+}
