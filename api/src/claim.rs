@@ -3,9 +3,9 @@
 //! One transaction, begun holding the factory's claims lock (its claims take turns,
 //! so it never exceeds its capacity): read a bounded candidate set without row
 //! locks, rank it with the pure scoring scheduler, then take — in one statement —
-//! the stream lock of the best-ranked job no other claimer holds (`pg_try_advisory_xact_lock` in rank
-//! order), and grant the lease there: appending `LeaseGranted` and updating the queue
-//! row in the same transaction. Concurrent claimers therefore spread over the ranked
+//! the stream lock of the best-ranked job no other claimer holds
+//! (`pg_try_advisory_xact_lock` in rank order), and grant the lease there: appending
+//! `LeaseGranted` and updating the queue row in the same transaction. Concurrent claimers therefore spread over the ranked
 //! jobs instead of queueing behind the top one, and no claimer holds row locks that
 //! a report would wait for. The aggregate has the last word (a job claimed since the
 //! read refuses; optimistic concurrency on the stream's sequence), so even a stale

@@ -224,17 +224,17 @@ where
         Ok((written, along))
     }
 
-    /// Whether the append's one statement writes every read model the events touch
-    /// (then it needs no transaction of its own).
-    fn one_statement(&self) -> Result<bool, ExecError<A::Error>> {
-        let (written, _) = self.along()?;
-        Ok(!PROJECTIONS.iter().any(|p| {
+    /// Whether the projections in `written` (the append's ride-along writes) are every
+    /// read model the events touch: then the append's one statement is all there is
+    /// to write, and it needs no transaction of its own.
+    fn all_written_by(&self, written: &[Projection]) -> bool {
+        !PROJECTIONS.iter().any(|p| {
             !written.contains(p)
                 && self
                     .rows
                     .iter()
                     .any(|r| p.touches(r.aggregate_type, &r.event_type))
-        }))
+        })
     }
 
     /// Appends the events (one statement, with the ride-along writes), applies them
@@ -242,14 +242,24 @@ where
     /// `ExecError::Conflict` nothing was appended (in a transaction: it is aborted).
     async fn write(self, conn: &mut PgConnection) -> Result<Vec<Outcome<A>>, ExecError<A::Error>> {
         let (written, along) = self.along()?;
-        let records = log::append_with(conn, &self.rows, &along)
+        self.write_along(conn, &written, &along).await
+    }
+
+    /// As [`Decided::write`], with the ride-along writes [`Decided::along`] planned.
+    async fn write_along(
+        self,
+        conn: &mut PgConnection,
+        written: &[Projection],
+        along: &[log::RideAlong],
+    ) -> Result<Vec<Outcome<A>>, ExecError<A::Error>> {
+        let records = log::append_with(conn, &self.rows, along)
             .await
             .map_err(|e| match e {
                 AppendError::Db(d) => ExecError::Db(d),
                 c => ExecError::Conflict(c),
             })?;
         if !records.is_empty() {
-            apply_to_read_models(conn, &records, &written).await?;
+            apply_to_read_models(conn, &records, written).await?;
         }
         for r in &records {
             metrics::counter!("gigafactory_events_appended_total", "type" => r.event_type.clone())
@@ -356,10 +366,11 @@ pub async fn try_on_read_models(
     jobs: std::collections::HashMap<String, Job>,
 ) -> Result<Option<Vec<Outcome<Job>>>, ExecError<JobError>> {
     let decided = decide(commands, jobs).await?;
-    if !decided.rows.is_empty() && !decided.one_statement()? {
+    let (written, along) = decided.along()?;
+    if !decided.all_written_by(&written) {
         return Ok(None);
     }
-    match decided.write(conn).await {
+    match decided.write_along(conn, &written, &along).await {
         Ok(outcomes) => Ok(Some(outcomes)),
         Err(ExecError::Conflict(_)) => Ok(None),
         Err(e) => Err(e),

@@ -327,11 +327,15 @@ pub async fn load_many_at_clock<A: Aggregate>(
     .bind(clock_offset_ms)
     .fetch_all(&mut *conn)
     .await?;
-    let now = rows
-        .first()
+    Ok((clock_of(&rows), fold_streams(aggregate_ids, &rows)?))
+}
+
+/// The `now` column of a statement that reads the clock in a one-row subquery
+/// left-joined to what it loads (so at least one row always comes back).
+pub fn clock_of(rows: &[sqlx::postgres::PgRow]) -> DateTime<Utc> {
+    rows.first()
         .map(|r| r.get("now"))
-        .expect("the clock row is always there");
-    Ok((now, fold_streams(aggregate_ids, &rows)?))
+        .expect("the clock row is always there")
 }
 
 /// Folds `(aggregate_id, sequence, event_type, payload jsonb)` rows, in sequence
