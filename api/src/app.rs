@@ -87,6 +87,8 @@ pub struct AppState {
     pub artifacts: Arc<dyn object_store::ObjectStore>,
     /// Jobs' products, remembered (a factory write's scope check and stream id).
     pub job_products: Arc<crate::job_products::JobProducts>,
+    /// Token lookups and reports of concurrent requests, served in batches.
+    pub coalesced: Arc<crate::coalesced::Coalesced>,
 }
 
 /// How many jobs' products a process remembers (about 100 bytes each): more than
@@ -112,6 +114,7 @@ impl AppState {
             job_products: Arc::new(crate::job_products::JobProducts::new(
                 JOB_PRODUCTS_REMEMBERED,
             )),
+            coalesced: Arc::default(),
         }
     }
 

@@ -11,7 +11,6 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use gigafactory_domain::factory::{Factory, FactoryCommand};
 use gigafactory_domain::FactoryId;
-use gigafactory_projections::credentials;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -149,11 +148,12 @@ impl FromRequestParts<AppState> for Caller {
                 return Ok(Caller::Admin);
             }
         }
-        let mut conn = state.pool.acquire().await?;
-        let cred = credentials::find_valid(&mut conn, &hash)
+        // Looked up together with the concurrent requests' tokens (one statement).
+        let cred = state
+            .coalesced
+            .credential(&state.pool, hash.clone())
             .await?
             .ok_or(ApiError::Unauthorized)?;
-        drop(conn);
         // The lookup was by hash; compare again in constant time all the same.
         if !bool::from(cred.token_hash.as_bytes().ct_eq(hash.as_bytes())) {
             return Err(ApiError::Unauthorized);

@@ -1,20 +1,24 @@
 //! The claim: lease the best job this factory may run, never two leases on one job.
 //!
-//! One transaction, begun holding the factory's claims lock (its claims take turns,
-//! so it never exceeds its capacity): read a bounded candidate set without row
-//! locks, rank it with the pure scoring scheduler, then take — in one statement —
-//! the stream lock of the best-ranked job no other claimer holds
-//! (`pg_try_advisory_xact_lock` in rank order), and grant the lease there: appending
-//! `LeaseGranted` and updating the queue row in the same transaction. Concurrent claimers therefore spread over the ranked
-//! jobs instead of queueing behind the top one, and no claimer holds row locks that
-//! a report would wait for. The aggregate has the last word (a job claimed since the
-//! read refuses; optimistic concurrency on the stream's sequence), so even a stale
-//! queue row cannot cause a second lease.
+//! Concurrent claims are served together ([`crate::coalesced`]): one transaction,
+//! begun holding every claiming factory's claims lock (each factory's claims take
+//! turns, so none exceeds its capacity), reads their rows, then — per profile
+//! (products, capabilities, request weights) — one bounded candidate set without
+//! row locks, ranked by the pure scoring scheduler for each factory as it would be
+//! alone. One statement then takes the stream locks of the best-ranked jobs no
+//! other claimer holds (`pg_try_advisory_xact_lock` in rank order), the jobs are
+//! dealt out (each factory its affinity jobs first, then in turn its best-ranked),
+//! and one statement appends every `LeaseGranted` with its queue row; one commit.
+//! Concurrent claimers therefore spread over the ranked jobs instead of queueing
+//! behind the top one, and no claimer holds row locks that a report would wait for.
+//! The aggregate has the last word (a job claimed since the read refuses; optimistic
+//! concurrency on the stream's sequence), so even a stale queue row cannot cause a
+//! second lease. A lone claim is the same with one factory.
 
 use crate::app::AppState;
 use crate::commands::{conflict_pause, decide_loaded, stream_lock_key, ExecError, Executed};
 use crate::error::ApiError;
-use crate::scheduling::{rank_for_factory, Pick, CANDIDATES_PER_SET};
+use crate::scheduling::{rank_for_factories, Pick, CANDIDATES_PER_SET};
 use chrono::{DateTime, Utc};
 use gigafactory_domain::job::{Job, JobCommand};
 use gigafactory_domain::scheduler::{Breakdown, JobCandidate, WeightOverrides};
@@ -23,7 +27,7 @@ use gigafactory_projections::factories;
 use gigafactory_projections::turns::{self, Turn};
 use gigafactory_projections::EventRecord;
 use sqlx::Row;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
 
 const MAX_CLAIM_RETRIES: usize = 20;
@@ -37,91 +41,270 @@ pub struct Claimed {
     pub breakdown: Breakdown,
 }
 
+/// One factory's claim: up to `max` jobs (never more than its free capacity) of
+/// `products` (all it serves when `None`), ranked with `weights` over the stored.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub factory_id: FactoryId,
+    pub products: Option<Vec<String>>,
+    pub weights: Option<WeightOverrides>,
+    pub ttl_secs: u32,
+    pub max: usize,
+}
+
 /// One attempt to claim up to `max` jobs (never more than the factory's free
 /// capacity), without waiting; empty: nothing claimable now. All the leases are
 /// granted in one transaction — one `LeaseGranted` per job, one commit — from one
-/// ranking: the best-ranked jobs no other claimer holds.
-pub async fn claim_jobs(
+/// ranking: the best-ranked jobs no other claimer holds. Served together with the
+/// concurrent claims of this process ([`claim_together`]).
+pub async fn claim_jobs(state: &AppState, request: ClaimRequest) -> Result<Vec<Claimed>, ApiError> {
+    state.coalesced.claim(state, request).await
+}
+
+/// Serves concurrent claims (see the module): one outcome per request, in order.
+/// Requests of one factory take turns (one per transaction); a request whose picks
+/// other claimers took meanwhile is tried again.
+pub async fn claim_together(
     state: &AppState,
-    factory_id: FactoryId,
-    requested_products: Option<&[String]>,
-    weights: Option<&WeightOverrides>,
-    ttl_secs: u32,
-    max: usize,
-) -> Result<Vec<Claimed>, ApiError> {
-    for attempt in 0..MAX_CLAIM_RETRIES {
-        // BEGIN and the factory's claims lock in one round trip.
-        let turn = Turn::of(factories::claims_lock_key(factory_id.0));
-        let mut tx = turns::begin(&state.pool, &turn).await?;
-        let factories::ClaimingFactory {
-            factory,
-            now,
-            live_leases,
-            nominated,
-        } = factories::for_claim(&mut tx, factory_id.0, state.clock.offset_ms())
-            .await?
+    requests: &[ClaimRequest],
+) -> Vec<Result<Vec<Claimed>, ApiError>> {
+    let mut out: Vec<Option<Result<Vec<Claimed>, ApiError>>> =
+        requests.iter().map(|_| None).collect();
+    let mut attempts = vec![0usize; requests.len()];
+    let mut pending: Vec<usize> = (0..requests.len()).collect();
+    while !pending.is_empty() {
+        let mut factories = HashSet::new();
+        let (round, later): (Vec<usize>, Vec<usize>) = pending
+            .into_iter()
+            .partition(|&i| factories.insert(requests[i].factory_id));
+        let mut again = Vec::new();
+        match claim_round(state, requests, &round).await {
+            Ok(outcomes) => {
+                for (&i, outcome) in round.iter().zip(outcomes) {
+                    match outcome {
+                        Round::Done(claimed) => out[i] = Some(Ok(claimed)),
+                        Round::Refused(e) => out[i] = Some(Err(e)),
+                        Round::Contended if attempts[i] + 1 < MAX_CLAIM_RETRIES => again.push(i),
+                        Round::Contended => out[i] = Some(Ok(vec![])),
+                    }
+                }
+            }
+            Err(e) => {
+                for &i in &round {
+                    out[i] = Some(Err(e.clone()));
+                }
+            }
+        }
+        if !again.is_empty() {
+            // Other claimers hold every pick, or a stream moved under us: look again
+            // once they are done.
+            let attempt = again.iter().map(|&i| attempts[i]).max().unwrap_or(0);
+            conflict_pause(attempt).await;
+            for &i in &again {
+                attempts[i] += 1;
+            }
+        }
+        pending = later.into_iter().chain(again).collect();
+    }
+    out.into_iter()
+        .map(|o| o.expect("every claim ran"))
+        .collect()
+}
+
+/// A request's outcome in one transaction.
+enum Round {
+    Done(Vec<Claimed>),
+    Refused(ApiError),
+    /// Nothing granted, but other claimers held or took picks since the read, or an
+    /// append conflicted: read again.
+    Contended,
+}
+
+/// A request that may be granted jobs in this round.
+struct Seeker<'a> {
+    /// Its index in the round.
+    at: usize,
+    request: &'a ClaimRequest,
+    capabilities: Vec<String>,
+    products: Vec<String>,
+    want: usize,
+    nominated: Option<Uuid>,
+}
+
+/// What factories share a candidate read by: products, capabilities (sorted), the
+/// request's weights (as JSON).
+type Profile = (Vec<String>, Vec<String>, String);
+
+/// One transaction serving `round` (indexes into `requests`, distinct factories).
+async fn claim_round(
+    state: &AppState,
+    requests: &[ClaimRequest],
+    round: &[usize],
+) -> Result<Vec<Round>, ApiError> {
+    let ids: Vec<Uuid> = round.iter().map(|&i| requests[i].factory_id.0).collect();
+    let keys: Vec<String> = ids
+        .iter()
+        .map(|&id| factories::claims_lock_key(id))
+        .collect();
+    // BEGIN and every factory's claims lock (in one global order) in one round trip.
+    let mut tx = turns::begin(&state.pool, &Turn::of_all(&keys)).await?;
+    let mut claiming = factories::for_claim_many(&mut tx, &ids, state.clock.offset_ms()).await?;
+    let mut outcomes: Vec<Option<Round>> = round.iter().map(|_| None).collect();
+    let mut now: Option<DateTime<Utc>> = None;
+    let mut seekers = Vec::new();
+    for (at, &i) in round.iter().enumerate() {
+        let request = &requests[i];
+        let Some(c) = claiming
+            .remove(&request.factory_id.0)
             .filter(|c| c.factory.status == "active")
-            .ok_or(ApiError::Unauthorized)?;
-        let products: Vec<String> = factory
+        else {
+            outcomes[at] = Some(Round::Refused(ApiError::Unauthorized));
+            continue;
+        };
+        now = Some(c.now);
+        let products: Vec<String> = c
+            .factory
             .product_ids
             .iter()
-            .filter(|p| requested_products.is_none_or(|r| r.contains(p)))
+            .filter(|p| request.products.as_ref().is_none_or(|r| r.contains(p)))
             .cloned()
             .collect();
-        let free = (i64::from(factory.capacity) - live_leases).max(0) as usize;
-        let want = free.min(max);
+        let free = (i64::from(c.factory.capacity) - c.live_leases).max(0) as usize;
+        let want = free.min(request.max);
         if products.is_empty() || want == 0 {
-            return Ok(vec![]);
+            outcomes[at] = Some(Round::Done(vec![]));
+            continue;
         }
-        let mut ranked = rank_for_factory(
+        seekers.push(Seeker {
+            at,
+            request,
+            capabilities: c.factory.capabilities,
+            products,
+            want,
+            nominated: c.nominated,
+        });
+    }
+    let Some(now) = now.filter(|_| !seekers.is_empty()) else {
+        tx.rollback().await?;
+        return Ok(outcomes.into_iter().map(|o| o.expect("decided")).collect());
+    };
+    // Factories of one profile share a candidate read.
+    let mut profiles: BTreeMap<Profile, Vec<&Seeker>> = BTreeMap::new();
+    for s in &seekers {
+        let mut capabilities = s.capabilities.clone();
+        capabilities.sort();
+        let weights = serde_json::to_string(&s.request.weights).unwrap_or_default();
+        profiles
+            .entry((s.products.clone(), capabilities, weights))
+            .or_default()
+            .push(s);
+    }
+    let mut dealt = Dealt::default();
+    for group in profiles.values() {
+        let first = group[0];
+        let factory_ids: Vec<FactoryId> = group.iter().map(|s| s.request.factory_id).collect();
+        let total: usize = group.iter().map(|s| s.want).sum();
+        let mut rankings = rank_for_factories(
             &mut tx,
-            factory_id,
-            &factory.capabilities,
-            &products,
-            weights,
+            &factory_ids,
+            &first.capabilities,
+            &first.products,
+            first.request.weights.as_ref(),
             now,
-            candidates_per_set(want),
+            candidates_per_set(total),
         )
         .await?;
-        if let Some(job) = nominated {
-            // A slot freed by a preemption is for the critical job only.
-            ranked.retain(|r| r.job.job_id.0 == job);
+        for (s, ranked) in group.iter().zip(rankings.iter_mut()) {
+            if let Some(job) = s.nominated {
+                // A slot freed by a preemption is for the critical job only.
+                ranked.retain(|r| r.job.job_id.0 == job);
+            }
         }
-        let grant = Grant {
-            factory_id,
-            capabilities: &factory.capabilities,
-            ttl_secs,
-            now,
-        };
-        match grant.best_free(&mut tx, &ranked, want).await? {
-            Granted::Leases(claimed, events) => {
-                tx.commit().await?;
-                state.events_committed(&events);
-                for c in &claimed {
-                    if let Some(spec) = &c.job.spec {
-                        // The holder's reports and renewals need it next.
-                        state
-                            .job_products
-                            .remember(spec.job_id.0, spec.product_id.as_str());
-                    }
-                    let job_id = c.job.spec.as_ref().map(|s| s.job_id);
-                    tracing::info!(job_id = ?job_id, factory_id = %factory_id, score = c.breakdown.total, "lease granted");
-                }
-                return Ok(claimed);
+        dealt.deal(&mut tx, group, rankings).await?;
+    }
+    if dealt.grants.is_empty() {
+        tx.rollback().await?;
+        for s in &seekers {
+            outcomes[s.at] = Some(if dealt.raced.contains(&s.at) {
+                Round::Contended
+            } else {
+                Round::Done(vec![])
+            });
+        }
+        return Ok(outcomes.into_iter().map(|o| o.expect("decided")).collect());
+    }
+    let commands = dealt
+        .grants
+        .iter()
+        .map(|g| {
+            let s = seekers.iter().find(|s| s.at == g.at).expect("a seeker");
+            let command = JobCommand::GrantLease {
+                run_id: RunId(Uuid::now_v7()),
+                factory_id: s.request.factory_id,
+                factory_capabilities: s.capabilities.clone(),
+                ttl_secs: s.request.ttl_secs,
+                now,
+            };
+            (g.pick.job.job_id.stream_id(&g.pick.job.product_id), command)
+        })
+        .collect();
+    let decided = match decide_loaded::<Job>(&mut tx, commands, dealt.jobs).await {
+        Ok(decided) => decided,
+        Err(ExecError::Conflict(_)) => {
+            tx.rollback().await?;
+            for s in &seekers {
+                outcomes[s.at] = Some(Round::Contended);
             }
-            Granted::Nothing => {
-                tx.rollback().await?;
-                return Ok(vec![]);
+            return Ok(outcomes.into_iter().map(|o| o.expect("decided")).collect());
+        }
+        Err(e) => return Err(crate::commands::into_api::<Job>(e)),
+    };
+    let mut claimed: HashMap<usize, Vec<Claimed>> = HashMap::new();
+    let mut events: Vec<EventRecord> = Vec::new();
+    let mut raced = dealt.raced;
+    for (grant, outcome) in dealt.grants.into_iter().zip(decided) {
+        match outcome {
+            Ok(Executed {
+                aggregate,
+                events: appended,
+            }) if !appended.is_empty() => {
+                events.extend(appended);
+                claimed.entry(grant.at).or_default().push(Claimed {
+                    job: aggregate,
+                    breakdown: grant.pick.breakdown,
+                });
             }
-            // Other claimers hold every one of them, or a stream moved under us: look
-            // again once they are done.
-            Granted::Contended => {
-                tx.rollback().await?;
-                conflict_pause(attempt).await;
+            // A refusal or a no-op: claimed or changed since the read.
+            _ => {
+                raced.insert(grant.at);
             }
         }
     }
-    Ok(vec![])
+    if events.is_empty() {
+        tx.rollback().await?;
+    } else {
+        tx.commit().await?;
+        state.events_committed(&events);
+    }
+    for s in &seekers {
+        let got = claimed.remove(&s.at).unwrap_or_default();
+        for c in &got {
+            if let Some(spec) = &c.job.spec {
+                // The holder's reports and renewals need it next.
+                state
+                    .job_products
+                    .remember(spec.job_id.0, spec.product_id.as_str());
+            }
+            let job_id = c.job.spec.as_ref().map(|s| s.job_id);
+            tracing::info!(job_id = ?job_id, factory_id = %s.request.factory_id, score = c.breakdown.total, "lease granted");
+        }
+        outcomes[s.at] = Some(if got.is_empty() && raced.contains(&s.at) {
+            Round::Contended
+        } else {
+            Round::Done(got)
+        });
+    }
+    Ok(outcomes.into_iter().map(|o| o.expect("decided")).collect())
 }
 
 /// Rows per candidate set for a claim of `want` jobs. Concurrent claimers rank the
@@ -136,107 +319,131 @@ fn candidates_per_set(want: usize) -> i64 {
     }
 }
 
-/// The lease a claim grants, for each job it picks.
-struct Grant<'a> {
-    factory_id: FactoryId,
-    capabilities: &'a [String],
-    ttl_secs: u32,
-    now: DateTime<Utc>,
+/// A job dealt to a seeker (by its index in the round).
+struct Grant {
+    at: usize,
+    pick: Pick,
 }
 
-enum Granted {
-    /// At least one lease (the transaction must commit), with the events appended.
-    Leases(Vec<Claimed>, Vec<EventRecord>),
-    /// No job can be granted (all refused, or none ranked).
-    Nothing,
-    /// None granted, but other claimers held or took some since the read, or an
-    /// append conflicted (the transaction is aborted): read again.
-    Contended,
+/// The jobs a round's lock steps took and whom each goes to.
+#[derive(Default)]
+struct Dealt {
+    grants: Vec<Grant>,
+    /// Each locked job's aggregate, by stream id.
+    jobs: HashMap<String, Job>,
+    /// Locked in this transaction (advisory locks are re-entrant within it: another
+    /// profile's lock step must not take one again).
+    taken: HashSet<Uuid>,
+    /// Seekers for whom others held picks they passed: a fresh read may find more.
+    raced: HashSet<usize>,
 }
 
-impl Grant<'_> {
-    /// Grants up to `want` of `ranked` (best first): takes the stream locks of the
-    /// best ones no other transaction holds, lets each job's aggregate decide, and
-    /// goes on down the ranking for those refused (claimed since the read).
-    async fn best_free(
-        &self,
+impl Dealt {
+    /// Takes, in one statement, the stream locks of the best-ranked jobs of `group`
+    /// (one profile; `rankings` per seeker) that no other transaction holds — as
+    /// many as the group wants — and deals them out: each seeker first the jobs whose
+    /// checkpoint it holds, then in turn its best-ranked of the rest.
+    async fn deal(
+        &mut self,
         tx: &mut sqlx::PgConnection,
-        ranked: &[Pick],
-        want: usize,
-    ) -> Result<Granted, ApiError> {
-        let mut claimed = Vec::new();
-        let mut events = Vec::new();
-        // Whether others held picks we passed, or took picks since our read (we
-        // locked them, the aggregate refused): a fresh read may find more.
-        let mut raced = false;
-        // Refused picks keep their locks until the commit: bound how many one claim
-        // holds (they live in the server's shared lock table).
-        let mut locks_left = 2 * want + 16;
-        let mut rest = ranked;
-        while claimed.len() < want && !rest.is_empty() && locks_left > 0 {
-            let limit = (want - claimed.len()).min(locks_left);
-            let Locked {
-                indexes: locked,
-                jobs,
-            } = lock_free(tx, rest.iter().map(|p| &p.job), limit).await?;
-            let Some(&last) = locked.last() else {
-                raced = true;
-                break;
-            };
-            locks_left -= locked.len();
-            let picks: Vec<&Pick> = locked.iter().map(|&i| &rest[i]).collect();
-            let commands = picks
-                .iter()
-                .map(|p| {
-                    let command = JobCommand::GrantLease {
-                        run_id: RunId(Uuid::now_v7()),
-                        factory_id: self.factory_id,
-                        factory_capabilities: self.capabilities.to_vec(),
-                        ttl_secs: self.ttl_secs,
-                        now: self.now,
-                    };
-                    (p.job.job_id.stream_id(&p.job.product_id), command)
-                })
-                .collect();
-            let outcomes = match decide_loaded::<Job>(tx, commands, jobs).await {
-                Ok(outcomes) => outcomes,
-                Err(ExecError::Conflict(_)) => return Ok(Granted::Contended),
-                Err(e) => return Err(crate::commands::into_api::<Job>(e)),
-            };
-            for (pick, outcome) in picks.into_iter().zip(outcomes) {
-                // A refusal or a no-op: claimed or changed since the read.
-                if let Ok(Executed {
-                    aggregate,
-                    events: appended,
-                }) = outcome
-                {
-                    if !appended.is_empty() {
-                        events.extend(appended);
-                        claimed.push(Claimed {
-                            job: aggregate,
-                            breakdown: pick.breakdown,
-                        });
-                        continue;
+        group: &[&Seeker<'_>],
+        rankings: Vec<Vec<Pick>>,
+    ) -> Result<(), ApiError> {
+        let rankings: Vec<Vec<Pick>> = rankings
+            .into_iter()
+            .map(|r| {
+                r.into_iter()
+                    .filter(|p| !self.taken.contains(&p.job.job_id.0))
+                    .collect()
+            })
+            .collect();
+        // The lock order: the seekers' rankings interleaved (their best first).
+        let mut order: Vec<&JobCandidate> = Vec::new();
+        let mut seen = HashSet::new();
+        let deepest = rankings.iter().map(Vec::len).max().unwrap_or(0);
+        for depth in 0..deepest {
+            for r in &rankings {
+                if let Some(p) = r.get(depth) {
+                    if seen.insert(p.job.job_id.0) {
+                        order.push(&p.job);
                     }
                 }
-                raced = true;
             }
-            // Those skipped before the last one locked were held by others; fewer
-            // locks than asked for: the scan passed all the rest, held by others.
-            raced |= locked.len() < last + 1;
-            if locked.len() < limit {
-                raced |= last + 1 < rest.len();
+        }
+        let want: usize = group.iter().map(|s| s.want).sum();
+        if order.is_empty() {
+            return Ok(());
+        }
+        let Locked { indexes, jobs } = lock_free(tx, order.iter().copied(), want).await?;
+        // Passed over before the last one locked: held by others, or no longer queued.
+        let skipped = match indexes.last() {
+            None => true,
+            Some(&last) => {
+                indexes.len() < last + 1 || (indexes.len() < want && last + 1 < order.len())
+            }
+        };
+        let locked: Vec<Uuid> = indexes.iter().map(|&i| order[i].job_id.0).collect();
+        self.taken.extend(locked.iter().copied());
+        self.jobs.extend(jobs);
+        let mut free: HashSet<Uuid> = locked.iter().copied().collect();
+        let mut got = vec![0usize; group.len()];
+        let give = |this: &mut Self, k: usize, job: Uuid, got: &mut Vec<usize>| {
+            let pick = rankings[k]
+                .iter()
+                .find(|p| p.job.job_id.0 == job)
+                .expect("in the ranking")
+                .clone();
+            this.grants.push(Grant {
+                at: group[k].at,
+                pick,
+            });
+            got[k] += 1;
+        };
+        // Affinity first: a job whose checkpoint a seeker holds goes to it.
+        for (k, s) in group.iter().enumerate() {
+            let own: Vec<Uuid> = rankings[k]
+                .iter()
+                .filter(|p| {
+                    free.contains(&p.job.job_id.0)
+                        && p.job.checkpoint_factory == Some(s.request.factory_id)
+                })
+                .map(|p| p.job.job_id.0)
+                .take(s.want)
+                .collect();
+            for job in own {
+                free.remove(&job);
+                give(self, k, job, &mut got);
+            }
+        }
+        // Then in turn, each its best-ranked job still free.
+        loop {
+            let mut gave = false;
+            for k in 0..group.len() {
+                if got[k] >= group[k].want {
+                    continue;
+                }
+                if let Some(job) = rankings[k]
+                    .iter()
+                    .map(|p| p.job.job_id.0)
+                    .find(|j| free.contains(j))
+                {
+                    free.remove(&job);
+                    give(self, k, job, &mut got);
+                    gave = true;
+                }
+            }
+            if !gave {
                 break;
             }
-            rest = &rest[last + 1..];
         }
-        Ok(if !claimed.is_empty() {
-            Granted::Leases(claimed, events)
-        } else if raced {
-            Granted::Contended
-        } else {
-            Granted::Nothing
-        })
+        if skipped {
+            for (k, s) in group.iter().enumerate() {
+                if got[k] < s.want {
+                    self.raced.insert(s.at);
+                }
+            }
+        }
+        Ok(())
     }
 }
 

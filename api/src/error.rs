@@ -7,7 +7,7 @@ use axum::Json;
 use gigafactory_domain::job::{CurrentState, JobError};
 use serde_json::json;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     MalformedJson(String),

@@ -9,6 +9,8 @@ pub mod auth;
 pub mod background;
 pub mod claim;
 pub mod cli;
+pub mod coalesce;
+pub mod coalesced;
 pub mod commands;
 pub mod db;
 pub mod embedded;

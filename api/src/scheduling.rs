@@ -54,7 +54,36 @@ pub async fn rank_for_factory(
     now: DateTime<Utc>,
     per_set: i64,
 ) -> Result<Vec<Pick>, ApiError> {
-    let set = jobs::candidates(conn, products, capabilities, factory_id.0, now, per_set).await?;
+    let mut ranked = rank_for_factories(
+        conn,
+        &[factory_id],
+        capabilities,
+        products,
+        request,
+        now,
+        per_set,
+    )
+    .await?;
+    Ok(ranked.pop().unwrap_or_default())
+}
+
+/// How each of `factory_ids` — factories of one profile (the same `capabilities`,
+/// `products` and request weights) claiming together — ranks the claimable jobs
+/// now, best first, from one candidate read. Each ranks as it would alone: its own
+/// affinity, and a job a preemption reserved for a factory is in that factory's
+/// ranking only.
+#[allow(clippy::too_many_arguments)]
+pub async fn rank_for_factories(
+    conn: &mut PgConnection,
+    factory_ids: &[FactoryId],
+    capabilities: &[String],
+    products: &[String],
+    request: Option<&WeightOverrides>,
+    now: DateTime<Utc>,
+    per_set: i64,
+) -> Result<Vec<Vec<Pick>>, ApiError> {
+    let ids: Vec<uuid::Uuid> = factory_ids.iter().map(|f| f.0).collect();
+    let set = jobs::candidates(conn, products, capabilities, &ids, now, per_set).await?;
     let running: BTreeMap<ProductId, u32> = set
         .running
         .into_iter()
@@ -66,23 +95,34 @@ pub async fn rank_for_factory(
         request,
     );
     let defaults = Weights::defaults();
-    let candidates: Vec<JobCandidate> = set.rows.into_iter().map(candidate).collect();
-    let factory = FactoryProfile {
-        factory_id,
-        capabilities: capabilities.to_vec(),
-    };
     let ctx = SchedulingContext {
         now,
         running_by_product: running,
     };
-    let ranked = rank(&candidates, &factory, &ctx, |p| {
-        weights.get(p).unwrap_or(&defaults)
-    });
-    Ok(ranked
-        .into_iter()
-        .map(|r| Pick {
-            job: r.job.clone(),
-            breakdown: r.breakdown,
+    let reserved_for: Vec<Option<uuid::Uuid>> = set.rows.iter().map(|r| r.nominated_for).collect();
+    let candidates: Vec<JobCandidate> = set.rows.into_iter().map(candidate).collect();
+    Ok(factory_ids
+        .iter()
+        .map(|&factory_id| {
+            let mine: Vec<JobCandidate> = candidates
+                .iter()
+                .zip(&reserved_for)
+                .filter(|(_, r)| r.is_none_or(|f| f == factory_id.0))
+                .map(|(c, _)| c.clone())
+                .collect();
+            let factory = FactoryProfile {
+                factory_id,
+                capabilities: capabilities.to_vec(),
+            };
+            rank(&mine, &factory, &ctx, |p| {
+                weights.get(p).unwrap_or(&defaults)
+            })
+            .into_iter()
+            .map(|r| Pick {
+                job: r.job.clone(),
+                breakdown: r.breakdown,
+            })
+            .collect()
         })
         .collect())
 }

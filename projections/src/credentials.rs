@@ -140,23 +140,41 @@ pub struct Credential {
     pub pending_confirmation: bool,
 }
 
+/// Looks several token hashes up in one statement (concurrent requests' lookups,
+/// coalesced): the credentials that authenticate now, by hash; unknown, revoked and
+/// rotated-out hashes are absent.
+pub async fn find_valid_many(
+    conn: &mut PgConnection,
+    token_hashes: &[String],
+) -> Result<std::collections::HashMap<String, Credential>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT token_hash, kind, subject_id, products, pending_confirmation FROM credential_view
+         WHERE token_hash = ANY($1) AND NOT revoked AND (valid_until IS NULL OR valid_until > now())",
+    )
+    .bind(token_hashes)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let c = Credential {
+                token_hash: r.get("token_hash"),
+                kind: r.get("kind"),
+                subject_id: r.get("subject_id"),
+                products: r.get("products"),
+                pending_confirmation: r.get("pending_confirmation"),
+            };
+            (c.token_hash.clone(), c)
+        })
+        .collect())
+}
+
 /// Looks a token hash up; `None` when unknown, revoked or rotated out.
 pub async fn find_valid(
     conn: &mut PgConnection,
     token_hash: &str,
 ) -> Result<Option<Credential>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT token_hash, kind, subject_id, products, pending_confirmation FROM credential_view
-         WHERE token_hash = $1 AND NOT revoked AND (valid_until IS NULL OR valid_until > now())",
-    )
-    .bind(token_hash)
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok(row.map(|r| Credential {
-        token_hash: r.get("token_hash"),
-        kind: r.get("kind"),
-        subject_id: r.get("subject_id"),
-        products: r.get("products"),
-        pending_confirmation: r.get("pending_confirmation"),
-    }))
+    Ok(find_valid_many(conn, &[token_hash.to_string()])
+        .await?
+        .remove(token_hash))
 }

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use gigafactory_domain::factory::Factory;
 use sqlx::{PgConnection, Row};
+use std::collections::HashMap;
 use uuid::Uuid;
 
 pub async fn apply(conn: &mut PgConnection, event: &EventRecord) -> Result<(), ProjectionError> {
@@ -121,40 +122,48 @@ pub struct ClaimingFactory {
     pub nominated: Option<Uuid>,
 }
 
-/// Loads a factory for a claim, in a transaction that already holds its claims lock
-/// (one factory's claims take turns, so it never exceeds its capacity: the claim
-/// begins with it, [`crate::turns`]): its row, the clock (`clock_timestamp()` plus
-/// the simulated offset `clock_offset_ms`), its live leases and its nomination. Not
-/// in the locking statement: that statement's snapshot would be from before the
-/// wait and miss the lease the previous claim just committed. A renewal shares the
-/// lock before reading its clock, so it cannot extend a lease this count takes for
-/// expired.
-pub async fn for_claim(
+/// Factories about to claim, holding their claims locks (see
+/// [`claims_lock_key`]): each one's row, the clock (SPEC §11: the simulated offset
+/// `clock_offset_ms` added; one reading for all), its live leases and its
+/// nomination, by id (unknown ids are absent). Not in the locking statement: that
+/// statement's snapshot would be from before the wait and miss the lease the
+/// previous claim just committed. A renewal shares the lock before reading its
+/// clock, so it cannot extend a lease this count takes for expired.
+pub async fn for_claim_many(
     conn: &mut PgConnection,
-    id: Uuid,
+    ids: &[Uuid],
     clock_offset_ms: f64,
-) -> Result<Option<ClaimingFactory>, sqlx::Error> {
-    let found = sqlx::query(&format!(
+) -> Result<HashMap<Uuid, ClaimingFactory>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
         "{COLUMNS}, c.now,
                 (SELECT count(*) FROM job_view j
-                 WHERE j.lease_factory_id = $1 AND j.lease_expires_at > c.now) AS live_leases,
+                 WHERE j.lease_factory_id = f.factory_id AND j.lease_expires_at > c.now) AS live_leases,
                 (SELECT j.job_id FROM job_view j
-                 WHERE j.nominated_factory_id = $1 AND j.nominated_until > c.now
+                 WHERE j.nominated_factory_id = f.factory_id AND j.nominated_until > c.now
                    AND j.stage = 'queued'
                  ORDER BY j.nominated_until LIMIT 1) AS nominated
          {FROM}, (SELECT clock_timestamp() + $2 * interval '1 millisecond' AS now) AS c
-         WHERE f.factory_id = $1"
+         WHERE f.factory_id = ANY($1)"
     ))
-    .bind(id)
+    .bind(ids)
     .bind(clock_offset_ms)
-    .fetch_optional(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(found.map(|r| ClaimingFactory {
-        factory: row(&r),
-        now: r.get("now"),
-        live_leases: r.get("live_leases"),
-        nominated: r.get("nominated"),
-    }))
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let factory = row(r);
+            (
+                factory.factory_id,
+                ClaimingFactory {
+                    factory,
+                    now: r.get("now"),
+                    live_leases: r.get("live_leases"),
+                    nominated: r.get("nominated"),
+                },
+            )
+        })
+        .collect())
 }
 
 /// The advisory lock a factory's claims take in turn and its renewals share. Not a

@@ -289,6 +289,9 @@ pub struct CandidateRow {
     pub created_at: DateTime<Utc>,
     pub required_capabilities: Vec<String>,
     pub affinity_factory_id: Option<Uuid>,
+    /// The factory a live preemption reservation holds this job for, if any: only it
+    /// may be granted the job until the reservation ends.
+    pub nominated_for: Option<Uuid>,
 }
 
 /// What the scheduler needs to rank a factory's candidates, read in one statement.
@@ -302,10 +305,12 @@ pub struct CandidateSet {
     pub weight_overrides: HashMap<String, WeightOverrides>,
 }
 
-/// The claim's bounded candidate set for one factory: the best `per_set` queued,
-/// available jobs of each of `products` it may run by priority, ∪ the oldest
-/// `per_set` of each (a starving job is always seen), ∪ those whose checkpoint it
-/// holds (affinity). One statement, no row locks: the claim then takes the stream
+/// The claim's bounded candidate set for factories of one profile (`products`,
+/// `capabilities`; one factory, or several claiming together): the best `per_set`
+/// queued, available jobs of each of `products` they may run by priority, ∪ the
+/// oldest `per_set` of each (a starving job is always seen), ∪ those whose
+/// checkpoint one of `factory_ids` holds (affinity). A job a preemption reserved for
+/// one of them is in the set with `nominated_for` naming it. One statement, no row locks: the claim then takes the stream
 /// lock of the best one no other claimer holds, and the job aggregate has the last
 /// word. Each set is read per product from an index in the set's order (migration 8).
 /// The same statement brings each candidate product's running count and weight
@@ -314,7 +319,7 @@ pub async fn candidates(
     conn: &mut PgConnection,
     products: &[String],
     capabilities: &[String],
-    factory_id: Uuid,
+    factory_ids: &[Uuid],
     now: DateTime<Utc>,
     per_set: i64,
 ) -> Result<CandidateSet, ProjectionError> {
@@ -323,9 +328,10 @@ pub async fn candidates(
     let filters = "j.stage = 'queued'
            AND (j.required_capabilities = '{}' OR j.required_capabilities <@ $2)
            AND (j.available_at IS NULL OR j.available_at <= $3)
-           AND (j.nominated_until IS NULL OR j.nominated_until <= $3 OR j.nominated_factory_id = $5)";
+           AND (j.nominated_until IS NULL OR j.nominated_until <= $3 OR j.nominated_factory_id = ANY($5))";
     let columns = "j.job_id, j.product_id, j.priority, j.created_at, j.required_capabilities,
-                   j.affinity_factory_id";
+                   j.affinity_factory_id,
+                   CASE WHEN j.nominated_until > $3 THEN j.nominated_factory_id END AS nominated_for";
     let per_product = |order: &str| {
         format!(
             "SELECT c.* FROM unnest($1::text[]) AS p(product_id) CROSS JOIN LATERAL (
@@ -337,7 +343,7 @@ pub async fn candidates(
     let sql = format!(
         "WITH candidate AS (({}) UNION ALL ({}) UNION ALL (
              SELECT {columns} FROM job_view j
-             WHERE j.affinity_factory_id = $5 AND j.product_id = ANY($1) AND {filters}
+             WHERE j.affinity_factory_id = ANY($5) AND j.product_id = ANY($1) AND {filters}
              ORDER BY j.created_at, j.job_id LIMIT $4)),
          running AS (
              SELECT j.product_id, count(*) AS n FROM job_view j
@@ -356,7 +362,7 @@ pub async fn candidates(
         .bind(capabilities)
         .bind(now)
         .bind(per_set)
-        .bind(factory_id)
+        .bind(factory_ids)
         .fetch_all(&mut *conn)
         .await?;
     let mut set = CandidateSet::default();
@@ -382,6 +388,7 @@ pub async fn candidates(
             created_at: r.get("created_at"),
             required_capabilities: r.get("required_capabilities"),
             affinity_factory_id: r.get("affinity_factory_id"),
+            nominated_for: r.get("nominated_for"),
         });
     }
     Ok(set)
@@ -506,6 +513,8 @@ pub async fn critical_waiting(
             created_at: r.get("created_at"),
             required_capabilities: r.get("required_capabilities"),
             affinity_factory_id: r.get("affinity_factory_id"),
+            // Only jobs without a live reservation are read.
+            nominated_for: None,
         })
         .collect())
 }

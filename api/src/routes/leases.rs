@@ -7,7 +7,7 @@ use super::params;
 use crate::app::AppState;
 use crate::auth::FactoryCaller;
 use crate::claim;
-use crate::commands::{execute, execute_holding_factory, execute_optimistic, into_api};
+use crate::commands::{execute, execute_holding_factory, into_api};
 use crate::error::ApiError;
 use crate::json::JsonBody;
 use crate::views;
@@ -122,11 +122,13 @@ pub(super) async fn wait_for_claims(
             let attempt_started = std::time::Instant::now();
             let found = claim::claim_jobs(
                 state,
-                factory_id,
-                body.product_ids.as_deref(),
-                weights.as_ref(),
-                ttl,
-                max,
+                claim::ClaimRequest {
+                    factory_id,
+                    products: body.product_ids.clone(),
+                    weights: weights.clone(),
+                    ttl_secs: ttl,
+                    max,
+                },
             )
             .await;
             metrics::histogram!("gigafactory_claim_duration_seconds")
@@ -263,7 +265,7 @@ pub async fn release(
     Ok(Json(views::job(&done.aggregate)))
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReportBody {
     pub(super) epoch: u64,
@@ -341,9 +343,20 @@ pub async fn report(
     let jitter: f64 = rand::thread_rng().gen();
     // Only the lease holder reports: decided on the job read model, one autocommit
     // statement (the locked way when the stream moved meanwhile).
-    let done = execute_optimistic(&state, &stream, |now| body.command(factory_id, jitter, now))
-        .await
-        .map_err(into_api::<Job>)?;
+    // Served together with the concurrent reports of other factories (one
+    // statement for all; see `coalesced`).
+    let command = {
+        let body = body.clone();
+        Box::new(move |now| body.command(factory_id, jitter, now))
+    };
+    let done = state
+        .coalesced
+        .report(crate::coalesced::ReportCall {
+            state: state.clone(),
+            stream,
+            command,
+        })
+        .await?;
     if body.ends_run() && !done.events.is_empty() {
         tracing::info!(job_id = %id, factory_id = %factory_id, status = ?body.status, "run ended");
     }

@@ -415,11 +415,11 @@ async fn a_claim_holding_its_factory_s_turn_does_not_hold_the_log_back() {
     let (factory, _) = app.enroll(&op, &["p1"], &[], 1).await;
     app.settle().await;
     let mut claiming = app.pool.begin().await.unwrap();
-    let turn =
-        gigafactory_projections::factories::for_claim(&mut claiming, factory.parse().unwrap(), 0.0)
-            .await
-            .unwrap();
-    assert!(turn.is_some());
+    let id: uuid::Uuid = factory.parse().unwrap();
+    let turn = gigafactory_projections::factories::for_claim_many(&mut claiming, &[id], 0.0)
+        .await
+        .unwrap();
+    assert!(turn.contains_key(&id));
     let xid: Option<String> = sqlx::query_scalar("SELECT pg_current_xact_id_if_assigned()::text")
         .fetch_one(&mut *claiming)
         .await

@@ -6,6 +6,7 @@ mod audit;
 mod bad_input;
 mod batch;
 mod claims;
+mod coalesced;
 mod leases;
 mod lifecycle;
 mod openapi;

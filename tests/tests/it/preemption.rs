@@ -417,3 +417,43 @@ async fn an_offline_factory_s_free_slot_does_not_stop_a_preemption() {
     assert_eq!(count(&app, "LeasePreempted").await, 1);
     let _ = silent;
 }
+
+#[tokio::test]
+async fn a_reserved_slot_holds_when_its_factory_claims_together_with_others() {
+    use gigafactory_api::claim::{claim_together, ClaimRequest};
+    let app = spawn_app().await;
+    set_flag(&app, "on").await;
+    let s = scene(&app, "low").await;
+    let (other, _) = app.enroll(&s.op, &["p1"], &[], 1).await;
+    let ft: String = sqlx::query_scalar(
+        "SELECT factory_id::text FROM factory_view WHERE factory_id <> $1::text::uuid",
+    )
+    .bind(&other)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let request = |factory: &str| ClaimRequest {
+        factory_id: gigafactory_domain::FactoryId(factory.parse().unwrap()),
+        products: None,
+        weights: None,
+        ttl_secs: 60,
+        max: 1,
+    };
+    // The other factory first in line: it still may not take the reserved job.
+    let outcomes = claim_together(&app.state, &[request(&other), request(&ft)]).await;
+    let job_of = |n: usize| -> Vec<String> {
+        outcomes[n]
+            .as_ref()
+            .expect("served")
+            .iter()
+            .map(|c| c.job.spec.as_ref().unwrap().job_id.to_string())
+            .collect()
+    };
+    assert_eq!(job_of(1), vec![s.critical.clone()], "the freed slot's job");
+    assert!(!job_of(0).contains(&s.critical), "{:?}", job_of(0));
+    assert_eq!(
+        job_of(0),
+        vec![s.low.clone()],
+        "the evicted job, queued again"
+    );
+}
