@@ -33,6 +33,29 @@ impl Api {
             .await
     }
 
+    /// How many requests of `kind` (`claims`, `reports`, `tokens`) the server served
+    /// per shared batch so far, on average (from `GET /metrics`), if it served any.
+    pub async fn mean_batch(&self, kind: &str) -> anyhow::Result<Option<f64>> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        let value = |suffix: &str| {
+            let name = format!("gigafactory_coalesced_batch_size_{suffix}{{kind=\"{kind}\"}}");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&name))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        Ok(match (value("sum"), value("count")) {
+            (Some(sum), Some(count)) if count > 0.0 => Some(sum / count),
+            _ => None,
+        })
+    }
+
     /// POSTs and insists on `expect`.
     pub async fn post_ok(
         &self,

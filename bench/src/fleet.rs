@@ -17,6 +17,10 @@ pub struct Drain {
     pub seconds: f64,
     pub claim_ms: Percentiles,
     pub projection_lag_ms: Percentiles,
+    /// Claims per claim transaction and reports per report statement, on average
+    /// (the server serves concurrent calls together: docs/architecture.md).
+    pub claims_per_batch: Option<f64>,
+    pub reports_per_batch: Option<f64>,
 }
 
 impl Drain {
@@ -91,6 +95,8 @@ pub async fn drain(
         seconds: (ended - started).as_secs_f64(),
         claim_ms,
         projection_lag_ms: Percentiles::of(lags),
+        claims_per_batch: api.mean_batch("claims").await?,
+        reports_per_batch: api.mean_batch("reports").await?,
     })
 }
 

@@ -225,6 +225,8 @@ async fn drains_only(
         "ratio": drain.jobs_per_second() / graphile.jobs_per_second,
         "claimMs": drain.claim_ms,
         "projectionLagMs": drain.projection_lag_ms,
+        "claimsPerTransaction": drain.claims_per_batch,
+        "reportsPerStatement": drain.reports_per_batch,
     }))
 }
 
@@ -306,6 +308,8 @@ async fn scenarios(
         batched_drain_jobs_per_second: args.jobs as f64 / batched_seconds,
         claim_ms: drain.claim_ms,
         projection_lag_ms: drain.projection_lag_ms,
+        claims_per_transaction: drain.claims_per_batch,
+        reports_per_statement: drain.reports_per_batch,
         lifecycle_jobs: args.lifecycle_jobs,
         lifecycle_jobs_per_second: lifecycle,
         idle_enqueue_to_claim_ms: idle,

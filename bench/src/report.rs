@@ -43,6 +43,10 @@ pub struct Figures {
     pub drain_jobs_per_second: f64,
     pub claim_ms: Percentiles,
     pub projection_lag_ms: Percentiles,
+    /// Claims served per claim transaction in the one-job drain, on average.
+    pub claims_per_transaction: Option<f64>,
+    /// Reports served per report statement in the one-job drain, on average.
+    pub reports_per_statement: Option<f64>,
     pub lifecycle_jobs: usize,
     pub lifecycle_jobs_per_second: f64,
     pub idle_enqueue_to_claim_ms: Percentiles,
@@ -140,6 +144,12 @@ pub fn table(f: &Figures) -> String {
         f.idle_enqueue_to_claim_ms.p99,
         met(f.idle_enqueue_to_claim_ms.p50 <= 5.0)
     );
+    if let (Some(claims), Some(reports)) = (f.claims_per_transaction, f.reports_per_statement) {
+        let _ = writeln!(
+            s,
+            "| the drain's claims per claim transaction / reports per report statement (served together) | {claims:.1} / {reports:.1} | | | |"
+        );
+    }
     let _ = writeln!(
         s,
         "| projection lag under the drain: append → on the stream in log order, p50 / p99 (ms, {} probes) | {:.1} / {:.1} | | | p99 ≤ 50 ({}) |",
