@@ -69,6 +69,15 @@ impl<I: Send + 'static, O: Send + 'static> Coalescer<I, O> {
                         }
                         batch
                     };
+                    // A caller gone before its batch began (its client disconnected)
+                    // is not served: as a request cancelled before it reached the
+                    // database. (A claim served for no one would hold a lease until
+                    // it expired.)
+                    let batch: Vec<Pending<I, O>> =
+                        batch.into_iter().filter(|p| !p.reply.is_closed()).collect();
+                    if batch.is_empty() {
+                        continue;
+                    }
                     metrics::histogram!("gigafactory_coalesced_batch_size", "kind" => name)
                         .record(batch.len() as f64);
                     let (inputs, replies): (Vec<I>, Vec<oneshot::Sender<O>>) =
@@ -153,6 +162,38 @@ mod tests {
             assert_eq!(call.await.unwrap(), x as u32);
         }
         assert!(biggest.load(Ordering::SeqCst) <= 3);
+    }
+
+    #[tokio::test]
+    async fn a_caller_gone_before_its_batch_began_is_not_served() {
+        let served = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = served.clone();
+        let c = Arc::new(Coalescer::start("test", 1, 10, move |xs: Vec<u32>| {
+            seen.lock().unwrap().extend(xs.iter().copied());
+            async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                xs
+            }
+        }));
+        let first = tokio::spawn({
+            let c = c.clone();
+            async move { c.call(1).await.unwrap() }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Queued behind the first batch, then abandoned.
+        let gone = tokio::spawn({
+            let c = c.clone();
+            async move { c.call(2).await.unwrap() }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        gone.abort();
+        let third = tokio::spawn({
+            let c = c.clone();
+            async move { c.call(3).await.unwrap() }
+        });
+        assert_eq!(first.await.unwrap(), 1);
+        assert_eq!(third.await.unwrap(), 3);
+        assert_eq!(*served.lock().unwrap(), vec![1, 3]);
     }
 
     #[tokio::test]
