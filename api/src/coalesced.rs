@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 
 // How many batches of each kind run at once. Fewer means larger batches: on the
 // 2-core machine of docs/performance.md, 2 of each drained fastest (1 or 3–8
-// claim runners, 1 or 4–8 report runners: 5–20 % slower); 2 keeps a batch forming
+// claim runners, 1 or 4–8 report runners: 3–20 % slower); 2 keeps a batch forming
 // while one waits for its commit.
 
 /// Batches of token lookups served at once.
