@@ -279,28 +279,15 @@ where
     }
 }
 
-/// Runs `make(now)` on job stream `aggregate_id` optimistically, for commands whose
-/// stream seldom has another writer at the same moment (a lease holder's report):
-/// decided on the job read model's state ([`jobs::state_at_clock`]: the stream
-/// folded to its version, read with the clock), then appended by one autocommit
-/// statement that also writes every read model the events touch — no `BEGIN`, stream
-/// lock, load or `COMMIT` round trip. The events' key (aggregate, sequence) refuses
-/// the append if the stream moved since the read; the command then runs the locked
-/// way ([`execute`]), as it does when the events need more than the one statement.
-pub async fn execute_optimistic<F>(
-    state: &AppState,
-    aggregate_id: &str,
-    make: F,
-) -> Result<Executed<Job>, ExecError<JobError>>
-where
-    F: Fn(DateTime<Utc>) -> JobCommand,
-{
-    only(execute_many_optimistic(state, &[aggregate_id.to_string()], |_, now| make(now)).await?)
-}
-
-/// As [`execute_optimistic`] for commands on several job streams (ids distinct), all
-/// in one statement: if any stream moved since the read, none is written and the
-/// batch runs the locked way ([`execute_many`]).
+/// Runs `make(i, now)` on each of the job streams `aggregate_ids` (distinct)
+/// optimistically, for commands whose stream seldom has another writer at the same
+/// moment (lease holders' reports): decided on the job read model's states
+/// ([`jobs::states_at_clock`]: each stream folded to its version, read with the
+/// clock), then appended by one autocommit statement that also writes every read
+/// model the events touch — no `BEGIN`, stream lock, load or `COMMIT` round trip.
+/// The events' key (aggregate, sequence) refuses the append if any stream moved
+/// since the read; then none is written and the batch runs the locked way
+/// ([`execute_many`]), as it does when the events need more than the one statement.
 pub async fn execute_many_optimistic<F>(
     state: &AppState,
     aggregate_ids: &[String],
@@ -340,7 +327,7 @@ where
     execute_many(state, aggregate_ids, make).await
 }
 
-/// The optimistic step of [`execute_optimistic`] on `job` as read: `Ok(None)` when
+/// The optimistic step of [`execute_many_optimistic`] on `job` as read: `Ok(None)` when
 /// the command must run the locked way (the stream moved since the read, or its
 /// events need more than one statement); nothing was appended then.
 pub async fn try_on_read_model(

@@ -1,5 +1,5 @@
 //! Reports decide on the job read model and append in one autocommit statement
-//! (`commands::execute_optimistic`): the read model is the stream folded, and a
+//! (`commands::execute_many_optimistic`): the read model is the stream folded, and a
 //! stream that moved since the read refuses the append and appends nothing, after
 //! which the locked way decides.
 
