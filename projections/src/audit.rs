@@ -37,6 +37,28 @@ pub struct AuditEvent {
     pub canonical: Vec<u8>,
 }
 
+/// The exact bytes an event's hash covers, as the stamping trigger builds them: each
+/// field as `<byte length>:<UTF-8 bytes>\n`, in the order aggregate type, aggregate
+/// id, sequence, event type, event version, payload text, metadata text. Built here,
+/// not by the database, so every verification recomputes them independently of the
+/// trigger that hashed them.
+pub fn canonical_bytes(fields: [&str; 7]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(fields.iter().map(|f| f.len() + 8).sum());
+    for field in fields {
+        out.extend_from_slice(field.len().to_string().as_bytes());
+        out.push(b':');
+        out.extend_from_slice(field.as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+/// The columns the audit reads of a positioned event (payload and metadata as their
+/// stored text: the bytes that were hashed).
+const AUDIT_COLUMNS: &str = "position, product_id, aggregate_type, aggregate_id, sequence,
+     event_type, event_version, payload::text AS payload, metadata::text AS metadata,
+     recorded_at, hash";
+
 /// Positioned events after `after`, in log order, with their canonical bytes;
 /// `product`: only events that product's callers may see.
 pub async fn read_for_audit(
@@ -45,39 +67,74 @@ pub async fn read_for_audit(
     limit: i64,
     product: Option<&str>,
 ) -> Result<Vec<AuditEvent>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT position, product_id, aggregate_type, aggregate_id, sequence, event_type, event_version,
-                payload::text AS payload, metadata::text AS metadata, recorded_at, hash,
-                gf_event_canonical(aggregate_type, aggregate_id, sequence, event_type, event_version,
-                                   payload, metadata) AS canonical
-         FROM positioned_events
-         WHERE position > $1 AND ($3::text IS NULL OR $3 = ANY(visible_to))
-         ORDER BY position LIMIT $2",
-    )
-    .bind(after)
-    .bind(limit)
-    .bind(product)
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = audit_rows(conn, after, limit, product).await?;
     Ok(rows
         .iter()
-        .map(|r| AuditEvent {
-            position: r.get("position"),
-            product_id: r.get("product_id"),
-            aggregate_type: r.get("aggregate_type"),
-            aggregate_id: r.get("aggregate_id"),
-            sequence: r.get("sequence"),
-            event_type: r.get("event_type"),
-            event_version: r.get("event_version"),
-            // Parsed from the stored text, as the canonical bytes hold it (a jsonb round
-            // trip could change how a number is written).
-            payload: serde_json::from_str(r.get::<&str, _>("payload")).unwrap_or(Value::Null),
-            metadata: serde_json::from_str(r.get::<&str, _>("metadata")).unwrap_or(Value::Null),
-            recorded_at: r.get("recorded_at"),
-            hash: r.get("hash"),
-            canonical: r.get("canonical"),
+        .map(|r| {
+            let payload: &str = r.get("payload");
+            let metadata: &str = r.get("metadata");
+            let sequence: i64 = r.get("sequence");
+            let canonical = canonical_bytes([
+                r.get("aggregate_type"),
+                r.get("aggregate_id"),
+                &sequence.to_string(),
+                r.get("event_type"),
+                r.get("event_version"),
+                payload,
+                metadata,
+            ]);
+            AuditEvent {
+                position: r.get("position"),
+                product_id: r.get("product_id"),
+                aggregate_type: r.get("aggregate_type"),
+                aggregate_id: r.get("aggregate_id"),
+                sequence,
+                event_type: r.get("event_type"),
+                event_version: r.get("event_version"),
+                // Parsed from the stored text, as the canonical bytes hold it (a jsonb
+                // round trip could change how a number is written).
+                payload: serde_json::from_str(payload).unwrap_or(Value::Null),
+                metadata: serde_json::from_str(metadata).unwrap_or(Value::Null),
+                recorded_at: r.get("recorded_at"),
+                hash: r.get("hash"),
+                canonical,
+            }
         })
         .collect())
+}
+
+/// The audit's rows after `after` in log order (two statements, not `$3 IS NULL OR`,
+/// so a generic plan stays free to use the visibility index for one product).
+async fn audit_rows(
+    conn: &mut PgConnection,
+    after: i64,
+    limit: i64,
+    product: Option<&str>,
+) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
+    match product {
+        None => {
+            sqlx::query(&format!(
+                "SELECT {AUDIT_COLUMNS} FROM positioned_events
+                 WHERE position > $1 ORDER BY position LIMIT $2"
+            ))
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await
+        }
+        Some(product) => {
+            sqlx::query(&format!(
+                "SELECT {AUDIT_COLUMNS} FROM positioned_events
+                 WHERE position > $1 AND visible_to && ARRAY[$3::text]
+                 ORDER BY position LIMIT $2"
+            ))
+            .bind(after)
+            .bind(limit)
+            .bind(product)
+            .fetch_all(&mut *conn)
+            .await
+        }
+    }
 }
 
 impl AuditEvent {
@@ -177,6 +234,55 @@ pub struct Report {
 /// A stream's last sequence, stored hash and recomputed hash.
 type StreamTip = (i64, Vec<u8>, [u8; 32]);
 
+/// What the chain checks need of one event (borrowed: the live verify builds none of
+/// an event's JSON).
+pub struct ChainLink<'a> {
+    pub position: i64,
+    pub product_id: Option<&'a str>,
+    pub aggregate_type: &'a str,
+    pub aggregate_id: &'a str,
+    pub sequence: i64,
+    pub hash: &'a [u8],
+    pub canonical: &'a [u8],
+}
+
+/// A stream key looked up by borrowed parts (no two `String`s per event).
+trait StreamKey {
+    fn parts(&self) -> (&str, &str);
+}
+
+impl StreamKey for (String, String) {
+    fn parts(&self) -> (&str, &str) {
+        (&self.0, &self.1)
+    }
+}
+
+impl StreamKey for (&str, &str) {
+    fn parts(&self) -> (&str, &str) {
+        (self.0, self.1)
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn StreamKey + 'a> for (String, String) {
+    fn borrow(&self) -> &(dyn StreamKey + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn StreamKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn StreamKey + '_ {}
+
+impl std::hash::Hash for dyn StreamKey + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.parts().hash(state)
+    }
+}
+
 /// Checks events fed in position order.
 pub struct Verifier {
     /// Positions must be 1, 2, 3…: true for the whole log, false for a filtered copy.
@@ -206,13 +312,20 @@ impl Verifier {
         }
     }
 
-    fn problem(&mut self, e: &AuditEvent, kind: &'static str, detail: String) {
+    fn problem_at(
+        &mut self,
+        position: i64,
+        aggregate_id: &str,
+        product_id: Option<&str>,
+        kind: &'static str,
+        detail: String,
+    ) {
         self.problems.push(Problem {
-            position: Some(e.position),
-            aggregate_id: Some(e.aggregate_id.clone()),
+            position: Some(position),
+            aggregate_id: Some(aggregate_id.to_string()),
             kind,
             detail,
-            product_id: e.product_id.clone(),
+            product_id: product_id.map(str::to_string),
         });
     }
 
@@ -226,13 +339,60 @@ impl Verifier {
         });
     }
 
+    /// Checks an event whose fields and canonical bytes both came from outside (an
+    /// export): the fields shown must be the fields hashed, then the chains.
     pub fn feed(&mut self, e: &AuditEvent) {
+        match canonical_fields(&e.canonical) {
+            Some(f) if f.len() == 7 => {
+                let payload_matches =
+                    serde_json::from_str::<Value>(&f[5]).ok().as_ref() == Some(&e.payload);
+                if f[0] != e.aggregate_type
+                    || f[1] != e.aggregate_id
+                    || f[2] != e.sequence.to_string()
+                    || f[3] != e.event_type
+                    || f[4] != e.event_version
+                    || !payload_matches
+                {
+                    self.problem_at(
+                        e.position,
+                        &e.aggregate_id,
+                        e.product_id.as_deref(),
+                        "fields_differ",
+                        "the event's fields differ from its hashed bytes".into(),
+                    );
+                }
+            }
+            _ => self.problem_at(
+                e.position,
+                &e.aggregate_id,
+                e.product_id.as_deref(),
+                "canonical_malformed",
+                "the hashed bytes are not canonical".into(),
+            ),
+        }
+        self.link(&ChainLink {
+            position: e.position,
+            product_id: e.product_id.as_deref(),
+            aggregate_type: &e.aggregate_type,
+            aggregate_id: &e.aggregate_id,
+            sequence: e.sequence,
+            hash: &e.hash,
+            canonical: &e.canonical,
+        });
+    }
+
+    /// Checks one event's place in the log and in its stream's hash chain, and folds
+    /// it into the digest.
+    pub fn link(&mut self, e: &ChainLink<'_>) {
         self.events += 1;
         if e.position <= self.last_position {
-            self.problem(
-                e,
+            let detail = format!("position {} after {}", e.position, self.last_position);
+            self.problem_at(
+                e.position,
+                e.aggregate_id,
+                e.product_id,
                 "position_order",
-                format!("position {} after {}", e.position, self.last_position),
+                detail,
             );
         } else if self.contiguous && e.position != self.last_position + 1 {
             // Reported at the first missing position.
@@ -249,65 +409,61 @@ impl Verifier {
                 product_id: None,
             });
         }
-        // The fields shown must be the fields hashed.
-        match canonical_fields(&e.canonical) {
-            Some(f) if f.len() == 7 => {
-                let payload_matches =
-                    serde_json::from_str::<Value>(&f[5]).ok().as_ref() == Some(&e.payload);
-                if f[0] != e.aggregate_type
-                    || f[1] != e.aggregate_id
-                    || f[2] != e.sequence.to_string()
-                    || f[3] != e.event_type
-                    || f[4] != e.event_version
-                    || !payload_matches
-                {
-                    self.problem(
-                        e,
-                        "fields_differ",
-                        "the event's fields differ from its hashed bytes".into(),
-                    );
-                }
-            }
-            _ => self.problem(
-                e,
-                "canonical_malformed",
-                "the hashed bytes are not canonical".into(),
-            ),
-        }
-        let key = (e.aggregate_type.clone(), e.aggregate_id.clone());
-        let (prev_seq, prev_stored, prev_computed) = match self.streams.get(&key) {
-            Some((s, h, c)) => (*s, h.clone(), Some(*c)),
-            None => (0, Vec::new(), None),
+        let tip = self
+            .streams
+            .get(&(e.aggregate_type, e.aggregate_id) as &dyn StreamKey);
+        let (prev_seq, prev_stored, prev_computed) = match tip {
+            Some((s, h, c)) => (*s, h.as_slice(), Some(*c)),
+            None => (0, &[][..], None),
         };
-        if e.sequence != prev_seq + 1 {
-            let detail = format!("sequence {} follows {} in its stream", e.sequence, prev_seq);
-            self.problem(e, "sequence_gap", detail);
-        }
         // Locally: does the stored hash chain from the stored previous one? (One
         // edited event is reported once, not for the rest of its stream.)
         let local: [u8; 32] = Sha256::new()
-            .chain_update(&prev_stored)
-            .chain_update(&e.canonical)
+            .chain_update(prev_stored)
+            .chain_update(e.canonical)
             .finalize()
             .into();
-        if local.as_slice() != e.hash.as_slice() {
-            self.problem(
-                e,
-                "hash_mismatch",
-                "the hash does not chain from the stream's previous event".into(),
-            );
-        }
         // Globally: the chain recomputed from the bytes alone feeds the digest.
         let computed: [u8; 32] = match prev_computed {
             Some(c) => Sha256::new()
                 .chain_update(c)
-                .chain_update(&e.canonical)
+                .chain_update(e.canonical)
                 .finalize()
                 .into(),
-            None => Sha256::new().chain_update(&e.canonical).finalize().into(),
+            None => Sha256::new().chain_update(e.canonical).finalize().into(),
         };
-        self.streams
-            .insert(key, (e.sequence, e.hash.clone(), computed));
+        if e.sequence != prev_seq + 1 {
+            let detail = format!("sequence {} follows {} in its stream", e.sequence, prev_seq);
+            self.problem_at(
+                e.position,
+                e.aggregate_id,
+                e.product_id,
+                "sequence_gap",
+                detail,
+            );
+        }
+        if local.as_slice() != e.hash {
+            self.problem_at(
+                e.position,
+                e.aggregate_id,
+                e.product_id,
+                "hash_mismatch",
+                "the hash does not chain from the stream's previous event".into(),
+            );
+        }
+        let tip = (e.sequence, e.hash.to_vec(), computed);
+        match self
+            .streams
+            .get_mut(&(e.aggregate_type, e.aggregate_id) as &dyn StreamKey)
+        {
+            Some(slot) => *slot = tip,
+            None => {
+                self.streams.insert(
+                    (e.aggregate_type.to_string(), e.aggregate_id.to_string()),
+                    tip,
+                );
+            }
+        }
         self.digest = Sha256::new()
             .chain_update(self.digest)
             .chain_update(computed)
@@ -382,13 +538,35 @@ pub async fn verify_log(
             "the append-only or stamping trigger on events is missing or disabled".into(),
         );
     }
+    // The fields are what the canonical bytes are built from here, so only the chains
+    // are checked (an export's fields are checked against its bytes by `feed`).
     let mut after = 0;
     loop {
-        let batch = read_for_audit(conn, after, 5_000, None).await?;
-        let Some(last) = batch.last() else { break };
-        after = last.position;
-        for e in &batch {
-            v.feed(e);
+        let rows = audit_rows(conn, after, 5_000, None).await?;
+        let Some(last) = rows.last() else { break };
+        after = last.get("position");
+        for r in &rows {
+            let sequence: i64 = r.get("sequence");
+            let aggregate_type: &str = r.get("aggregate_type");
+            let aggregate_id: &str = r.get("aggregate_id");
+            let canonical = canonical_bytes([
+                aggregate_type,
+                aggregate_id,
+                &sequence.to_string(),
+                r.get("event_type"),
+                r.get("event_version"),
+                r.get("payload"),
+                r.get("metadata"),
+            ]);
+            v.link(&ChainLink {
+                position: r.get("position"),
+                product_id: r.get("product_id"),
+                aggregate_type,
+                aggregate_id,
+                sequence,
+                hash: r.get("hash"),
+                canonical: &canonical,
+            });
         }
     }
     Ok(v.finish())
@@ -410,6 +588,24 @@ mod tests {
         let bytes = b"3:job\n4:p/ab\n1:1\n0:\n";
         assert_eq!(canonical_fields(bytes).unwrap(), ["job", "p/ab", "1", ""]);
         assert!(canonical_fields(b"3:jo\n").is_none());
+    }
+
+    #[test]
+    fn canonical_bytes_count_utf8_bytes_and_split_back_into_their_fields() {
+        let fields = [
+            "job",
+            "p/ab",
+            "12",
+            "JobSubmitted",
+            "1",
+            r#"{"t":"ü✓"}"#,
+            "{}",
+        ];
+        let bytes = canonical_bytes(fields);
+        assert!(bytes.starts_with(b"3:job\n4:p/ab\n2:12\n12:JobSubmitted\n1:1\n"));
+        // "ü" is 2 bytes and "✓" 3: the length is of the UTF-8 bytes, not the chars.
+        assert!(bytes.ends_with("13:{\"t\":\"ü✓\"}\n2:{}\n".as_bytes()));
+        assert_eq!(canonical_fields(&bytes).unwrap(), fields);
     }
 
     #[test]
