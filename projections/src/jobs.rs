@@ -8,7 +8,8 @@ use cqrs_es::Aggregate;
 use gigafactory_domain::job::Job;
 use gigafactory_domain::scheduler::WeightOverrides;
 use gigafactory_domain::{JobId, Priority, Stage};
-use serde_json::{json, Value};
+use serde_json::Value;
+use sqlx::types::Json;
 use sqlx::{PgConnection, Row};
 use std::collections::{BTreeSet, HashMap};
 use uuid::Uuid;
@@ -66,7 +67,7 @@ pub async fn apply_batch(
     .fetch_all(&mut *conn)
     .await?
     {
-        let job = serde_json::from_value::<Job>(r.get("state")).map_err(ProjectionError::State)?;
+        let Json(job) = r.try_get::<Json<Job>, _>("state")?;
         jobs.insert(r.get("job_id"), job);
     }
     let mut changed = BTreeSet::new();
@@ -81,8 +82,7 @@ pub async fn apply_batch(
         job.apply(e.decode::<Job>()?);
         changed.insert(id);
     }
-    let rows: Vec<Value> = changed.iter().filter_map(|id| row(&jobs[id])).collect();
-    write_rows(conn, rows).await
+    write_rows(conn, changed.iter().map(|id| &jobs[id])).await
 }
 
 /// The job id in a job stream id (`<product>/<uuid>`).
@@ -94,46 +94,132 @@ pub fn job_id_of(aggregate_id: &str) -> Uuid {
         .unwrap_or_default()
 }
 
-/// A `job_view` row as JSON (column names as keys); `None` before the job exists.
-fn row(job: &Job) -> Option<Value> {
-    let spec = job.spec.as_ref()?;
-    let lease = job.lease.as_ref();
-    Some(json!({
-        "job_id": spec.job_id.0,
-        "product_id": spec.product_id.as_str(),
-        "title": spec.title,
-        "stage": job.stage.as_str(),
-        "priority": spec.priority.as_str(),
-        "priority_rank": spec.priority.rank(),
-        "required_capabilities": spec.required_capabilities,
-        "attempts": job.attempts,
-        "max_attempts": spec.max_attempts,
-        "lease_factory_id": lease.map(|l| l.factory_id.0),
-        "lease_epoch": lease.map(|l| l.epoch),
-        "lease_expires_at": lease.map(|l| l.expires_at),
-        "available_at": job.available_at,
-        "created_at": job.created_at,
-        "updated_at": job.updated_at,
-        "version": job.version,
-        "state": serde_json::to_value(job).expect("job state serialises"),
-        "affinity_factory_id": job.checkpoint_factory.map(|f| f.0),
-        "nominated_factory_id": job.nomination.as_ref().map(|n| n.factory_id.0),
-        "nominated_until": job.nomination.as_ref().map(|n| n.until),
-    }))
+/// `job_view` rows, column by column (each bound as one array): no JSON document of
+/// rows for the database to parse, and the state serialised straight to its text.
+#[derive(Default)]
+struct Rows {
+    job_id: Vec<Uuid>,
+    product_id: Vec<String>,
+    title: Vec<String>,
+    stage: Vec<String>,
+    priority: Vec<String>,
+    priority_rank: Vec<i64>,
+    /// Array literals (`{"a","b"}`): a text[] per row cannot ride in one array.
+    required_capabilities: Vec<String>,
+    attempts: Vec<i64>,
+    max_attempts: Vec<i64>,
+    lease_factory_id: Vec<Option<Uuid>>,
+    lease_epoch: Vec<Option<i64>>,
+    lease_expires_at: Vec<Option<DateTime<Utc>>>,
+    available_at: Vec<Option<DateTime<Utc>>>,
+    created_at: Vec<Option<DateTime<Utc>>>,
+    updated_at: Vec<Option<DateTime<Utc>>>,
+    version: Vec<i64>,
+    state: Vec<String>,
+    affinity_factory_id: Vec<Option<Uuid>>,
+    nominated_factory_id: Vec<Option<Uuid>>,
+    nominated_until: Vec<Option<DateTime<Utc>>>,
 }
 
-/// The `job_view` upsert of the rows in `$1` (a JSON array of rows as [`row`]
-/// makes them); a row never replaces a newer version.
+impl Rows {
+    /// Adds the job's row; a job not yet submitted has none.
+    fn push(&mut self, job: &Job) {
+        let Some(spec) = job.spec.as_ref() else {
+            return;
+        };
+        let lease = job.lease.as_ref();
+        self.job_id.push(spec.job_id.0);
+        self.product_id.push(spec.product_id.as_str().to_string());
+        self.title.push(spec.title.clone());
+        self.stage.push(job.stage.as_str().to_string());
+        self.priority.push(spec.priority.as_str().to_string());
+        self.priority_rank.push(spec.priority.rank().into());
+        self.required_capabilities
+            .push(array_literal(&spec.required_capabilities));
+        self.attempts.push(job.attempts.into());
+        self.max_attempts.push(spec.max_attempts.into());
+        self.lease_factory_id.push(lease.map(|l| l.factory_id.0));
+        self.lease_epoch.push(lease.map(|l| l.epoch as i64));
+        self.lease_expires_at.push(lease.map(|l| l.expires_at));
+        self.available_at.push(job.available_at);
+        self.created_at.push(job.created_at);
+        self.updated_at.push(job.updated_at);
+        self.version.push(job.version as i64);
+        self.state
+            .push(serde_json::to_string(job).expect("job state serialises"));
+        self.affinity_factory_id
+            .push(job.checkpoint_factory.map(|f| f.0));
+        self.nominated_factory_id
+            .push(job.nomination.as_ref().map(|n| n.factory_id.0));
+        self.nominated_until
+            .push(job.nomination.as_ref().map(|n| n.until));
+    }
+
+    fn into_args(self) -> Vec<Arg> {
+        vec![
+            Arg::Uuids(self.job_id),
+            Arg::Texts(self.product_id),
+            Arg::Texts(self.title),
+            Arg::Texts(self.stage),
+            Arg::Texts(self.priority),
+            Arg::Ints(self.priority_rank),
+            Arg::Texts(self.required_capabilities),
+            Arg::Ints(self.attempts),
+            Arg::Ints(self.max_attempts),
+            Arg::MaybeUuids(self.lease_factory_id),
+            Arg::MaybeInts(self.lease_epoch),
+            Arg::MaybeTimes(self.lease_expires_at),
+            Arg::MaybeTimes(self.available_at),
+            Arg::MaybeTimes(self.created_at),
+            Arg::MaybeTimes(self.updated_at),
+            Arg::Ints(self.version),
+            Arg::Texts(self.state),
+            Arg::MaybeUuids(self.affinity_factory_id),
+            Arg::MaybeUuids(self.nominated_factory_id),
+            Arg::MaybeTimes(self.nominated_until),
+        ]
+    }
+}
+
+/// A PostgreSQL array literal of `items` (each quoted, `"` and `\` escaped).
+fn array_literal(items: &[String]) -> String {
+    let mut out = String::from("{");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        for c in item.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
+}
+
+/// The `job_view` upsert of the columns in `$1`…`$20` ([`Rows`]); a row never
+/// replaces a newer version.
 const UPSERT: &str =
     "INSERT INTO job_view (job_id, product_id, title, stage, priority, priority_rank,
          required_capabilities, attempts, max_attempts, lease_factory_id, lease_epoch,
          lease_expires_at, available_at, created_at, updated_at, version, state,
          affinity_factory_id, nominated_factory_id, nominated_until)
-     SELECT job_id, product_id, title, stage, priority, priority_rank,
-         required_capabilities, attempts, max_attempts, lease_factory_id, lease_epoch,
-         lease_expires_at, available_at, created_at, updated_at, version, state,
-         affinity_factory_id, nominated_factory_id, nominated_until
-     FROM jsonb_populate_recordset(NULL::job_view, $1)
+     SELECT job_id, product_id, title, stage, priority, priority_rank::smallint,
+         required_capabilities::text[], attempts::int, max_attempts::int, lease_factory_id,
+         lease_epoch, lease_expires_at, available_at, created_at, updated_at, version,
+         state::json, affinity_factory_id, nominated_factory_id, nominated_until
+     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+                 $7::text[], $8::bigint[], $9::bigint[], $10::uuid[], $11::bigint[],
+                 $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[],
+                 $16::bigint[], $17::text[], $18::uuid[], $19::uuid[], $20::timestamptz[])
+          AS r(job_id, product_id, title, stage, priority, priority_rank,
+               required_capabilities, attempts, max_attempts, lease_factory_id, lease_epoch,
+               lease_expires_at, available_at, created_at, updated_at, version, state,
+               affinity_factory_id, nominated_factory_id, nominated_until)
      ON CONFLICT (job_id) DO UPDATE SET title = EXCLUDED.title, stage = EXCLUDED.stage,
          priority = EXCLUDED.priority, priority_rank = EXCLUDED.priority_rank,
          attempts = EXCLUDED.attempts, lease_factory_id = EXCLUDED.lease_factory_id,
@@ -145,9 +231,12 @@ const UPSERT: &str =
          nominated_until = EXCLUDED.nominated_until
      WHERE job_view.version < EXCLUDED.version";
 
-/// Upserts rows in one statement; a row never replaces a newer version.
-async fn write_rows(conn: &mut PgConnection, rows: Vec<Value>) -> Result<(), ProjectionError> {
-    if let Some(write) = upsert(rows) {
+/// Upserts the jobs' rows in one statement; a row never replaces a newer version.
+async fn write_rows<'a>(
+    conn: &mut PgConnection,
+    jobs: impl IntoIterator<Item = &'a Job>,
+) -> Result<(), ProjectionError> {
+    if let Some(write) = upsert(jobs) {
         write.run_alone(conn).await?;
     }
     Ok(())
@@ -157,27 +246,29 @@ async fn write_rows(conn: &mut PgConnection, rows: Vec<Value>) -> Result<(), Pro
 /// events (the command path holds the jobs it just advanced); `None` when there is
 /// nothing to write.
 pub fn write_along(jobs: &[&Job]) -> Option<RideAlong> {
-    upsert(jobs.iter().filter_map(|j| row(j)).collect())
+    upsert(jobs.iter().copied())
 }
 
-/// The upsert of `rows`; `None` when there are none.
-fn upsert(rows: Vec<Value>) -> Option<RideAlong> {
-    (!rows.is_empty()).then(|| RideAlong {
+/// The upsert of the jobs' rows; `None` when there are none.
+fn upsert<'a>(jobs: impl IntoIterator<Item = &'a Job>) -> Option<RideAlong> {
+    let mut rows = Rows::default();
+    for job in jobs {
+        rows.push(job);
+    }
+    (!rows.job_id.is_empty()).then(|| RideAlong {
         sql: UPSERT.to_string(),
-        args: vec![Arg::Json(Value::Array(rows))],
+        args: rows.into_args(),
     })
 }
 
 /// One job as the read model has it.
 pub async fn get(conn: &mut PgConnection, job_id: JobId) -> Result<Option<Job>, ProjectionError> {
-    let state: Option<serde_json::Value> =
+    let state: Option<Json<Job>> =
         sqlx::query_scalar("SELECT state FROM job_view WHERE job_id = $1")
             .bind(job_id.0)
             .fetch_optional(&mut *conn)
             .await?;
-    state
-        .map(|s| serde_json::from_value(s).map_err(ProjectionError::State))
-        .transpose()
+    Ok(state.map(|Json(job)| job))
 }
 
 /// The clock (`clock_timestamp()` plus the simulated offset `clock_offset_ms`) and
@@ -211,8 +302,7 @@ pub async fn states_at_clock(
     let now = crate::log::clock_of(&rows);
     let mut jobs = HashMap::new();
     for r in &rows {
-        if let Some(state) = r.get::<Option<Value>, _>("state") {
-            let job = serde_json::from_value::<Job>(state).map_err(ProjectionError::State)?;
+        if let Some(Json(job)) = r.try_get::<Option<Json<Job>>, _>("state")? {
             jobs.insert(r.get("job_id"), job);
         }
     }
@@ -261,7 +351,7 @@ pub async fn list(conn: &mut PgConnection, f: &JobFilter) -> Result<Vec<Job>, Pr
         .push_bind(f.limit);
     let rows = q.build().fetch_all(&mut *conn).await?;
     rows.iter()
-        .map(|r| serde_json::from_value(r.get("state")).map_err(ProjectionError::State))
+        .map(|r| Ok(r.try_get::<Json<Job>, _>("state")?.0))
         .collect()
 }
 
@@ -552,4 +642,20 @@ pub async fn running(
             started_at: r.get("started_at"),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod array_literal_tests {
+    use super::array_literal;
+
+    #[test]
+    fn quotes_every_item_and_escapes_quotes_and_backslashes() {
+        assert_eq!(array_literal(&[]), "{}");
+        let items = [
+            "gpu".to_string(),
+            r#"a"b\c"#.to_string(),
+            "x,y {z}".to_string(),
+        ];
+        assert_eq!(array_literal(&items), r#"{"gpu","a\"b\\c","x,y {z}"}"#);
+    }
 }

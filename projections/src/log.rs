@@ -107,8 +107,10 @@ pub struct RideAlong {
 pub enum Arg {
     Json(Value),
     Uuids(Vec<uuid::Uuid>),
+    MaybeUuids(Vec<Option<uuid::Uuid>>),
     Texts(Vec<String>),
     Ints(Vec<i64>),
+    MaybeInts(Vec<Option<i64>>),
     Floats(Vec<Option<f64>>),
     Times(Vec<DateTime<Utc>>),
     MaybeTimes(Vec<Option<DateTime<Utc>>>),
@@ -123,6 +125,8 @@ impl Arg {
         match self {
             Arg::Json(v) => query.bind(v),
             Arg::Uuids(v) => query.bind(v),
+            Arg::MaybeUuids(v) => query.bind(v),
+            Arg::MaybeInts(v) => query.bind(v),
             Arg::Texts(v) => query.bind(v),
             Arg::Ints(v) => query.bind(v),
             Arg::Floats(v) => query.bind(v),

@@ -85,12 +85,16 @@ pub async fn rebuild_into(
             match index.constraint.as_deref() {
                 Some(kind @ ("p" | "u")) => {
                     let kind = if kind == "p" { "PRIMARY KEY" } else { "UNIQUE" };
-                    sqlx::query(&create).execute(&mut *conn).await?;
-                    sqlx::query(&format!(
+                    let constrain = format!(
                         "ALTER TABLE {schema}.{table} ADD CONSTRAINT {name} {kind} USING INDEX {name}"
-                    ))
-                    .execute(&mut *conn)
-                    .await?;
+                    );
+                    if APPEND_ONLY_TABLES.contains(&table) {
+                        deferred.push(create);
+                        deferred.push(constrain);
+                    } else {
+                        sqlx::query(&create).execute(&mut *conn).await?;
+                        sqlx::query(&constrain).execute(&mut *conn).await?;
+                    }
                 }
                 _ if index.unique || WRITE_PATH_INDEXES.contains(&name.as_str()) => {
                     sqlx::query(&create).execute(&mut *conn).await?;
@@ -141,9 +145,21 @@ pub async fn rebuild_into(
                 .execute(&mut *tx)
                 .await?;
                 for p in group {
+                    let started = std::time::Instant::now();
                     p.apply_batch(&mut tx, &events).await?;
+                    tracing::debug!(
+                        projection = p.name(),
+                        events = events.len(),
+                        elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                        "replay applied a batch"
+                    );
                 }
+                let started = std::time::Instant::now();
                 tx.commit().await?;
+                tracing::debug!(
+                    elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "replay committed a group"
+                );
                 Ok::<_, ProjectionError>(())
             }));
         }
@@ -168,6 +184,11 @@ pub async fn rebuild_into(
     }
     Ok(applied)
 }
+
+/// Tables a rebuild only appends to, each log event giving one row with its own key:
+/// their keys are built after the rows too (their inserts' `ON CONFLICT DO NOTHING`
+/// names no key, so without one it inserts; a duplicate would fail the key's build).
+const APPEND_ONLY_TABLES: [&str; 1] = ["job_event_view"];
 
 /// Indexes the projections' own writes search by (a cancel ends a job's open run, a
 /// revocation a subject's credentials): built before the rows, not after.
@@ -206,8 +227,14 @@ async fn read_batches(
     };
     let mut after = 0;
     loop {
+        let started = std::time::Instant::now();
         match read_after(&mut conn, after, batch, None).await {
             Ok(events) => {
+                tracing::debug!(
+                    events = events.len(),
+                    elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "replay read a batch"
+                );
                 let Some(last) = events.last().and_then(|e| e.position) else {
                     return;
                 };

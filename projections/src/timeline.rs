@@ -35,7 +35,7 @@ pub async fn apply_batch(
     let recorded: Vec<DateTime<Utc>> = job_events.iter().map(|e| e.recorded_at).collect();
     sqlx::query(
         "INSERT INTO job_event_view (job_id, sequence, event_type, payload, recorded_at)
-         SELECT i, s, t, p::jsonb, r
+         SELECT i, s, t, p::json, r
          FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::timestamptz[])
               AS u(i, s, t, p, r)
          ON CONFLICT DO NOTHING",
@@ -58,7 +58,7 @@ pub fn write_along() -> RideAlong {
         sql: format!(
             "INSERT INTO job_event_view (job_id, sequence, event_type, payload, recorded_at)
              SELECT substring(aggregate_id FROM '[^/]*$')::uuid, sequence, event_type,
-                    payload::jsonb, recorded_at
+                    payload, recorded_at
              FROM appended WHERE aggregate_type = '{}'
              ON CONFLICT DO NOTHING",
             Job::TYPE

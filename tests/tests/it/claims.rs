@@ -467,3 +467,38 @@ async fn a_revocation_waits_for_a_claim_under_way_before_releasing_leases() {
     let (status, body) = revocation.await.unwrap();
     assert_eq!(status, StatusCode::NO_CONTENT, "{body:?}");
 }
+
+#[tokio::test]
+async fn capabilities_with_quotes_commas_and_braces_are_kept_and_matched_exactly() {
+    let app = spawn_app().await;
+    let op = app.operator(&["p1"]).await;
+    // Written to job_view as an array literal: each character that means something
+    // there must come back as it was sent.
+    let odd = [r#"say "hi""#, r"back\slash", "a,b", "{braces}", "NULL"];
+    let (_, wrong) = app.enroll(&op, &["p1"], &["a"], 1).await;
+    let (_, right) = app.enroll(&op, &["p1"], &odd, 1).await;
+    let job = app
+        .submit(
+            &op,
+            json!({"productId": "p1", "title": "odd", "requiredCapabilities": odd}),
+        )
+        .await;
+    let id = job["id"].as_str().unwrap();
+    let shown = app.get(&format!("/fleet/jobs/{id}"), &op).await;
+    assert_eq!(shown.status, StatusCode::OK, "{:?}", shown.body);
+    assert_eq!(shown.body["requiredCapabilities"], json!(odd));
+    let stored: Vec<String> = sqlx::query_scalar(
+        "SELECT unnest(required_capabilities) FROM job_view WHERE job_id = $1::uuid",
+    )
+    .bind(id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, odd, "the column the claim matches on");
+    assert!(app.claim(&wrong).await.is_none(), "\"a\" is not \"a,b\"");
+    let claimed = app
+        .claim(&right)
+        .await
+        .expect("the factory with all of them");
+    assert_eq!(claimed["job"]["id"], job["id"], "{claimed:?}");
+}
