@@ -22,6 +22,18 @@ pub async fn measure(database_url: &str, events: i64) -> anyhow::Result<LogFigur
     let pool = gigafactory_api::db::connect(database_url, 4).await?;
     gigafactory_api::db::migrate(&pool).await?;
 
+    // Ids shaped as the server makes them (UUIDv7: a millisecond timestamp, then
+    // random bits), so the read models' keys arrive in the order they do in a real
+    // log; random ids would make every index insert land on a random page.
+    sqlx::query(
+        "CREATE FUNCTION gf_bench_v7(ms bigint, seed text) RETURNS uuid LANGUAGE sql IMMUTABLE AS $$
+             SELECT (lpad(to_hex(1767225600000 + ms), 12, '0') || '7' || substr(md5(seed), 1, 3)
+                     || '8' || substr(md5(seed), 4, 15))::uuid
+         $$",
+    )
+    .execute(&pool)
+    .await?;
+
     let t = Instant::now();
     sqlx::query(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, product_id, visible_to)
@@ -39,7 +51,8 @@ pub async fn measure(database_url: &str, events: i64) -> anyhow::Result<LogFigur
                          'costUsd', 0.1, 'checkpoint', null, 'at', '2026-01-01T00:00:30Z'))
                 END,
                 '{}'::json, 'bench', ARRAY['bench']
-         FROM (SELECT i, md5(i::text)::uuid AS id, md5('run' || i)::uuid AS run FROM generate_series(1, $1) i) j
+         FROM (SELECT i, gf_bench_v7(i, i::text) AS id, gf_bench_v7(i, 'run' || i) AS run
+               FROM generate_series(1, $1) i) j
          CROSS JOIN generate_series(1, 3) AS s(seq)
          ORDER BY i, s.seq",
     )

@@ -66,12 +66,15 @@ pub async fn rebuild_into(
     sqlx::query(&format!("CREATE SCHEMA {schema}"))
         .execute(&mut *conn)
         .await?;
+    // Unlogged: a rebuild is a scratch copy until it is swapped in (a crash empties
+    // it, and a rebuild starts afresh anyway), so its rows skip the write-ahead log;
+    // `swap` makes the tables logged before they go live.
     // The keys now (upserts need them), the other indexes once the rows are in:
     // building an index once is far cheaper than maintaining it row by row.
     let mut deferred = Vec::new();
     for (table, _) in tables() {
         sqlx::query(&format!(
-            "CREATE TABLE {schema}.{table} (LIKE public.{table} INCLUDING ALL EXCLUDING INDEXES)"
+            "CREATE UNLOGGED TABLE {schema}.{table} (LIKE public.{table} INCLUDING ALL EXCLUDING INDEXES)"
         ))
         .execute(&mut *conn)
         .await?;
@@ -218,13 +221,24 @@ async fn read_batches(
     batch: i64,
     out: tokio::sync::mpsc::Sender<Result<Vec<EventRecord>, sqlx::Error>>,
 ) {
-    let mut conn = match pool.acquire().await {
+    // A connection of its own, closed when done (it is set up for this reader only):
+    // each batch is an index range and probes, which one backend reads faster than a
+    // parallel plan that starts a worker per batch on a machine already busy applying.
+    let conn = match pool.acquire().await {
         Ok(conn) => conn,
         Err(e) => {
             let _ = out.send(Err(e)).await;
             return;
         }
     };
+    let mut conn = conn.detach();
+    if let Err(e) = sqlx::query("SET max_parallel_workers_per_gather = 0")
+        .execute(&mut conn)
+        .await
+    {
+        let _ = out.send(Err(e)).await;
+        return;
+    }
     let mut after = 0;
     loop {
         let started = std::time::Instant::now();
@@ -345,6 +359,13 @@ pub async fn compare(pool: &PgPool, schema: &str) -> Result<Vec<Difference>, Pro
 pub async fn swap(pool: &PgPool, schema: &str) -> Result<(), ProjectionError> {
     check_schema_name(schema)?;
     let old = format!("{schema}_old");
+    // Logged before they go live (this writes each table to the log once, outside the
+    // projector's lock; the swap below applies what came since).
+    for (table, _) in tables() {
+        sqlx::query(&format!("ALTER TABLE {schema}.{table} SET LOGGED"))
+            .execute(pool)
+            .await?;
+    }
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(crate::projector::PROJECTOR_LOCK)

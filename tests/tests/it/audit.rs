@@ -395,6 +395,24 @@ async fn replay_proves_the_read_models_and_names_a_corrupted_row() {
     .await
     .unwrap();
     assert_eq!(primary_key, "job_view_pkey");
+    // The timeline's key, built after its rows, is there too.
+    let timeline_key: String = sqlx::query_scalar(
+        "SELECT conname::text FROM pg_constraint
+         WHERE conrelid = 'public.job_event_view'::regclass AND contype = 'p'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(timeline_key, "job_event_view_pkey");
+    // The rebuild was unlogged scratch; what went live is logged like every table.
+    let unlogged: Vec<String> = sqlx::query_scalar(
+        "SELECT relname::text FROM pg_class
+         WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' AND relpersistence <> 'p'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert!(unlogged.is_empty(), "unlogged after the swap: {unlogged:?}");
     let title: String = sqlx::query_scalar("SELECT title FROM job_view WHERE job_id = $1")
         .bind(job_id)
         .fetch_one(&app.pool)
