@@ -497,7 +497,7 @@ pub async fn lock_free<'a>(
          SELECT l.ord, l.stream AS aggregate_id, e.sequence, e.event_type, e.payload
          FROM locked l
          LEFT JOIN LATERAL (
-             SELECT s.sequence, s.event_type, s.payload::jsonb AS payload FROM events s
+             SELECT s.sequence, s.event_type, s.payload::text AS payload FROM events s
              WHERE s.aggregate_type = $5 AND s.aggregate_id = l.stream
          ) e ON true
          ORDER BY l.ord, e.sequence",

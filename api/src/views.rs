@@ -83,7 +83,7 @@ pub fn log_event(e: &EventRecord) -> Value {
         "aggregateId": e.aggregate_id,
         "sequence": e.sequence,
         "type": e.event_type,
-        "payload": inner_payload(&e.payload),
+        "payload": inner_payload(&e.payload_value()),
         "recordedAt": time(e.recorded_at),
     })
 }

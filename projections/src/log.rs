@@ -57,23 +57,27 @@ pub struct EventRecord {
     pub aggregate_id: String,
     pub sequence: i64,
     pub event_type: String,
-    pub payload: Value,
+    /// The payload as stored: JSON text, parsed only by whoever needs it (a replay's
+    /// timeline copies it as it is; projections decode it straight into their event).
+    pub payload: String,
     pub recorded_at: DateTime<Utc>,
     pub product_id: Option<String>,
     pub visible_to: Vec<String>,
 }
 
 impl EventRecord {
+    /// The payload as a JSON value.
+    pub fn payload_value(&self) -> Value {
+        serde_json::from_str(&self.payload).unwrap_or(Value::Null)
+    }
+
     /// Deserialises the payload as aggregate `A`'s event.
     pub fn decode<A: Aggregate>(&self) -> Result<A::Event, ProjectionError> {
-        // Deserialised from a borrow: no copy of the payload.
-        <A::Event as serde::Deserialize>::deserialize(&self.payload).map_err(|source| {
-            ProjectionError::Payload {
-                event_type: self.event_type.clone(),
-                aggregate_id: self.aggregate_id.clone(),
-                sequence: self.sequence,
-                source,
-            }
+        serde_json::from_str::<A::Event>(&self.payload).map_err(|source| ProjectionError::Payload {
+            event_type: self.event_type.clone(),
+            aggregate_id: self.aggregate_id.clone(),
+            sequence: self.sequence,
+            source,
         })
     }
 }
@@ -258,7 +262,8 @@ pub async fn append_with(
         .collect();
     events
         .iter()
-        .map(|e| {
+        .zip(payloads)
+        .map(|(e, payload)| {
             let (id, recorded_at) = *stored
                 .get(&(
                     e.aggregate_type.to_string(),
@@ -273,7 +278,7 @@ pub async fn append_with(
                 aggregate_id: e.aggregate_id.clone(),
                 sequence: e.sequence,
                 event_type: e.event_type.clone(),
-                payload: e.payload.clone(),
+                payload,
                 recorded_at,
                 product_id: e.product_id.clone(),
                 visible_to: e.visible_to.clone(),
@@ -300,7 +305,7 @@ pub async fn load_many<A: Aggregate>(
     aggregate_ids: &[String],
 ) -> Result<std::collections::HashMap<String, A>, ProjectionError> {
     let rows = sqlx::query(
-        "SELECT aggregate_id, sequence, event_type, payload::jsonb AS payload FROM events
+        "SELECT aggregate_id, sequence, event_type, payload::text AS payload FROM events
          WHERE aggregate_type = $1 AND aggregate_id = ANY($2) ORDER BY aggregate_id, sequence",
     )
     .bind(A::TYPE)
@@ -322,7 +327,7 @@ pub async fn load_many_at_clock<A: Aggregate>(
         "SELECT c.now, e.aggregate_id, e.sequence, e.event_type, e.payload
          FROM (SELECT clock_timestamp() + $3 * interval '1 millisecond' AS now) AS c
          LEFT JOIN LATERAL (
-             SELECT aggregate_id, sequence, event_type, payload::jsonb AS payload FROM events
+             SELECT aggregate_id, sequence, event_type, payload::text AS payload FROM events
              WHERE aggregate_type = $1 AND aggregate_id = ANY($2)) AS e ON true
          ORDER BY e.aggregate_id, e.sequence",
     )
@@ -364,13 +369,14 @@ pub fn fold_streams<A: Aggregate>(
     Ok(aggregates)
 }
 
-/// The event in a `(sequence, event_type, payload jsonb)` row of stream `aggregate_id`.
+/// The event in a `(sequence, event_type, payload text)` row of stream `aggregate_id`
+/// (the payload's stored text, decoded straight into the event).
 fn decode_row<A: Aggregate>(
     row: &sqlx::postgres::PgRow,
     aggregate_id: &str,
 ) -> Result<A::Event, ProjectionError> {
-    let payload: Value = row.get("payload");
-    serde_json::from_value(payload).map_err(|source| ProjectionError::Payload {
+    let payload: &str = row.get("payload");
+    serde_json::from_str(payload).map_err(|source| ProjectionError::Payload {
         event_type: row.get("event_type"),
         aggregate_id: aggregate_id.to_string(),
         sequence: row.get("sequence"),
@@ -385,7 +391,7 @@ pub async fn load_until<A: Aggregate>(
     version: i64,
 ) -> Result<A, ProjectionError> {
     let rows = sqlx::query(
-        "SELECT sequence, event_type, payload::jsonb AS payload FROM events
+        "SELECT sequence, event_type, payload::text AS payload FROM events
          WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence <= $3 ORDER BY sequence",
     )
     .bind(A::TYPE)
@@ -412,9 +418,9 @@ pub async fn assign_positions(pool: &PgPool, max_batch: i32) -> Result<i64, sqlx
 /// Who may see an event: `None` = every product (`*`), else these products.
 pub type Scope<'a> = Option<&'a [String]>;
 
-// `payload` as stored (json text): parsed once, by serde, not first into jsonb.
+// `payload` as stored (json text): parsed by whoever needs it, never into jsonb.
 const RECORD_COLUMNS: &str = "id, position, aggregate_type, aggregate_id, sequence, event_type,
-     payload, recorded_at, product_id, visible_to";
+     payload::text AS payload, recorded_at, product_id, visible_to";
 
 fn record(row: &sqlx::postgres::PgRow) -> EventRecord {
     EventRecord {

@@ -43,8 +43,14 @@ pub struct RunSource<'a> {
     pub aggregate_id: &'a str,
     pub sequence: i64,
     pub event_type: &'a str,
-    pub payload: &'a serde_json::Value,
+    pub payload: Payload<'a>,
     pub product_id: Option<&'a str>,
+}
+
+/// An event's payload: as stored (JSON text) or as a command is about to append it.
+pub enum Payload<'a> {
+    Text(&'a str),
+    Value(&'a serde_json::Value),
 }
 
 impl<'a> From<&'a EventRecord> for RunSource<'a> {
@@ -54,7 +60,7 @@ impl<'a> From<&'a EventRecord> for RunSource<'a> {
             aggregate_id: &e.aggregate_id,
             sequence: e.sequence,
             event_type: &e.event_type,
-            payload: &e.payload,
+            payload: Payload::Text(&e.payload),
             product_id: e.product_id.as_deref(),
         }
     }
@@ -67,7 +73,7 @@ impl<'a> From<&'a NewEvent> for RunSource<'a> {
             aggregate_id: &e.aggregate_id,
             sequence: e.sequence,
             event_type: &e.event_type,
-            payload: &e.payload,
+            payload: Payload::Value(&e.payload),
             product_id: e.product_id.as_deref(),
         }
     }
@@ -75,13 +81,15 @@ impl<'a> From<&'a NewEvent> for RunSource<'a> {
 
 impl RunSource<'_> {
     fn decode(&self) -> Result<JobEvent, ProjectionError> {
-        <JobEvent as serde::Deserialize>::deserialize(self.payload).map_err(|source| {
-            ProjectionError::Payload {
-                event_type: self.event_type.to_string(),
-                aggregate_id: self.aggregate_id.to_string(),
-                sequence: self.sequence,
-                source,
-            }
+        match self.payload {
+            Payload::Text(text) => serde_json::from_str::<JobEvent>(text),
+            Payload::Value(value) => <JobEvent as serde::Deserialize>::deserialize(value),
+        }
+        .map_err(|source| ProjectionError::Payload {
+            event_type: self.event_type.to_string(),
+            aggregate_id: self.aggregate_id.to_string(),
+            sequence: self.sequence,
+            source,
         })
     }
 }

@@ -31,7 +31,7 @@ pub async fn apply_batch(
         .collect();
     let sequences: Vec<i64> = job_events.iter().map(|e| e.sequence).collect();
     let types: Vec<&str> = job_events.iter().map(|e| e.event_type.as_str()).collect();
-    let payloads: Vec<String> = job_events.iter().map(|e| e.payload.to_string()).collect();
+    let payloads: Vec<&str> = job_events.iter().map(|e| e.payload.as_str()).collect();
     let recorded: Vec<DateTime<Utc>> = job_events.iter().map(|e| e.recorded_at).collect();
     sqlx::query(
         "INSERT INTO job_event_view (job_id, sequence, event_type, payload, recorded_at)
