@@ -17,7 +17,7 @@ pub struct LogFigures {
 
 /// Appends `events` (three per job: submitted, granted, succeeded), gives them
 /// positions, verifies the chain and rebuilds every read model from the log.
-pub async fn measure(database_url: &str, events: i64) -> anyhow::Result<LogFigures> {
+pub async fn measure(database_url: &str, events: i64, batch: i64) -> anyhow::Result<LogFigures> {
     let jobs = (events / 3).max(1);
     let pool = gigafactory_api::db::connect(database_url, 4).await?;
     gigafactory_api::db::migrate(&pool).await?;
@@ -78,8 +78,7 @@ pub async fn measure(database_url: &str, events: i64) -> anyhow::Result<LogFigur
     );
 
     let t = Instant::now();
-    let replayed =
-        replay::rebuild_into(&pool, "gf_bench_replay", replay::REPLAY_BATCH, |_, _| {}).await?;
+    let replayed = replay::rebuild_into(&pool, "gf_bench_replay", batch, |_, _| {}).await?;
     let replay_secs = t.elapsed().as_secs_f64();
     pool.close().await;
     Ok(LogFigures {

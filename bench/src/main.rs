@@ -53,6 +53,9 @@ pub struct Args {
     /// Events in the replay/verify log.
     #[arg(long, default_value_t = 1_000_000)]
     replay_events: i64,
+    /// Events the replay reads and applies per batch.
+    #[arg(long, default_value_t = gigafactory_projections::replay::REPLAY_BATCH)]
+    replay_batch: i64,
     /// Tiny sizes, to check that the benchmark still runs (CI).
     #[arg(long)]
     smoke: bool,
@@ -144,7 +147,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ));
         let result = async {
             let url = dbs.fresh("replay").await?;
-            logbench::measure(&url, args.replay_events).await
+            logbench::measure(&url, args.replay_events, args.replay_batch).await
         }
         .await;
         dbs.drop_all().await;
@@ -296,7 +299,7 @@ async fn scenarios(
         args.replay_events
     ));
     let url = dbs.fresh("replay").await?;
-    let log = logbench::measure(&url, args.replay_events).await?;
+    let log = logbench::measure(&url, args.replay_events, args.replay_batch).await?;
 
     let _ = std::fs::remove_dir_all(&work);
     Ok(report::Figures {
