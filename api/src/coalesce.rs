@@ -60,6 +60,14 @@ impl<I: Send + 'static, O: Send + 'static> Coalescer<I, O> {
                         let Some(first) = rx.recv().await else {
                             return;
                         };
+                        // Let the tasks that are ready run first (requests being
+                        // parsed and authenticated): what they queue joins this batch.
+                        // A yield, not a wait: alone, a call costs microseconds more.
+                        // (Measured: one yield took the drain from 4.7 to 5.6-5.9
+                        // claims per transaction and 0.38-0.43x to 0.51-0.52x
+                        // graphile-worker; yielding up to 4 times while calls kept
+                        // coming made larger batches but no faster drain.)
+                        tokio::task::yield_now().await;
                         let mut batch = vec![first];
                         while batch.len() < max_batch {
                             match rx.try_recv() {
