@@ -73,22 +73,12 @@ pub async fn read_for_audit(
         .map(|r| {
             let payload: &str = r.get("payload");
             let metadata: &str = r.get("metadata");
-            let sequence: i64 = r.get("sequence");
-            let canonical = canonical_bytes([
-                r.get("aggregate_type"),
-                r.get("aggregate_id"),
-                &sequence.to_string(),
-                r.get("event_type"),
-                r.get("event_version"),
-                payload,
-                metadata,
-            ]);
             AuditEvent {
                 position: r.get("position"),
                 product_id: r.get("product_id"),
                 aggregate_type: r.get("aggregate_type"),
                 aggregate_id: r.get("aggregate_id"),
-                sequence,
+                sequence: r.get("sequence"),
                 event_type: r.get("event_type"),
                 event_version: r.get("event_version"),
                 // Parsed from the stored text, as the canonical bytes hold it (a jsonb
@@ -97,10 +87,24 @@ pub async fn read_for_audit(
                 metadata: serde_json::from_str(metadata).unwrap_or(Value::Null),
                 recorded_at: r.get("recorded_at"),
                 hash: r.get("hash"),
-                canonical,
+                canonical: row_canonical(r),
             }
         })
         .collect())
+}
+
+/// The canonical bytes of an audit row (columns as [`AUDIT_COLUMNS`] names them).
+fn row_canonical(r: &sqlx::postgres::PgRow) -> Vec<u8> {
+    let sequence: i64 = r.get("sequence");
+    canonical_bytes([
+        r.get("aggregate_type"),
+        r.get("aggregate_id"),
+        &sequence.to_string(),
+        r.get("event_type"),
+        r.get("event_version"),
+        r.get("payload"),
+        r.get("metadata"),
+    ])
 }
 
 /// The audit's rows after `after` in log order (two statements, not `$3 IS NULL OR`,
@@ -246,43 +250,6 @@ pub struct ChainLink<'a> {
     pub canonical: &'a [u8],
 }
 
-/// A stream key looked up by borrowed parts (no two `String`s per event).
-trait StreamKey {
-    fn parts(&self) -> (&str, &str);
-}
-
-impl StreamKey for (String, String) {
-    fn parts(&self) -> (&str, &str) {
-        (&self.0, &self.1)
-    }
-}
-
-impl StreamKey for (&str, &str) {
-    fn parts(&self) -> (&str, &str) {
-        (self.0, self.1)
-    }
-}
-
-impl<'a> std::borrow::Borrow<dyn StreamKey + 'a> for (String, String) {
-    fn borrow(&self) -> &(dyn StreamKey + 'a) {
-        self
-    }
-}
-
-impl PartialEq for dyn StreamKey + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
-    }
-}
-
-impl Eq for dyn StreamKey + '_ {}
-
-impl std::hash::Hash for dyn StreamKey + '_ {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.parts().hash(state)
-    }
-}
-
 /// Checks events fed in position order.
 pub struct Verifier {
     /// Positions must be 1, 2, 3…: true for the whole log, false for a filtered copy.
@@ -290,7 +257,8 @@ pub struct Verifier {
     expect: Option<(i64, String)>,
     expect_checked: bool,
     /// Per stream: last sequence, last stored hash, last recomputed hash.
-    streams: HashMap<(String, String), StreamTip>,
+    /// By aggregate type, then stream id (looked up by `&str`, no key built per event).
+    streams: HashMap<String, HashMap<String, StreamTip>>,
     digest: [u8; 32],
     last_position: i64,
     events: u64,
@@ -411,7 +379,8 @@ impl Verifier {
         }
         let tip = self
             .streams
-            .get(&(e.aggregate_type, e.aggregate_id) as &dyn StreamKey);
+            .get(e.aggregate_type)
+            .and_then(|of_type| of_type.get(e.aggregate_id));
         let (prev_seq, prev_stored, prev_computed) = match tip {
             Some((s, h, c)) => (*s, h.as_slice(), Some(*c)),
             None => (0, &[][..], None),
@@ -452,16 +421,17 @@ impl Verifier {
             );
         }
         let tip = (e.sequence, e.hash.to_vec(), computed);
-        match self
-            .streams
-            .get_mut(&(e.aggregate_type, e.aggregate_id) as &dyn StreamKey)
-        {
+        let of_type = match self.streams.get_mut(e.aggregate_type) {
+            Some(of_type) => of_type,
+            None => self
+                .streams
+                .entry(e.aggregate_type.to_string())
+                .or_default(),
+        };
+        match of_type.get_mut(e.aggregate_id) {
             Some(slot) => *slot = tip,
             None => {
-                self.streams.insert(
-                    (e.aggregate_type.to_string(), e.aggregate_id.to_string()),
-                    tip,
-                );
+                of_type.insert(e.aggregate_id.to_string(), tip);
             }
         }
         self.digest = Sha256::new()
@@ -546,24 +516,13 @@ pub async fn verify_log(
         let Some(last) = rows.last() else { break };
         after = last.get("position");
         for r in &rows {
-            let sequence: i64 = r.get("sequence");
-            let aggregate_type: &str = r.get("aggregate_type");
-            let aggregate_id: &str = r.get("aggregate_id");
-            let canonical = canonical_bytes([
-                aggregate_type,
-                aggregate_id,
-                &sequence.to_string(),
-                r.get("event_type"),
-                r.get("event_version"),
-                r.get("payload"),
-                r.get("metadata"),
-            ]);
+            let canonical = row_canonical(r);
             v.link(&ChainLink {
                 position: r.get("position"),
                 product_id: r.get("product_id"),
-                aggregate_type,
-                aggregate_id,
-                sequence,
+                aggregate_type: r.get("aggregate_type"),
+                aggregate_id: r.get("aggregate_id"),
+                sequence: r.get("sequence"),
                 hash: r.get("hash"),
                 canonical: &canonical,
             });

@@ -387,23 +387,20 @@ async fn replay_proves_the_read_models_and_names_a_corrupted_row() {
         .await
         .unwrap();
     assert_eq!(before, after);
-    let primary_key: String = sqlx::query_scalar(
-        "SELECT conname::text FROM pg_constraint
-         WHERE conrelid = 'public.job_view'::regclass AND contype = 'p'",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
-    assert_eq!(primary_key, "job_view_pkey");
+    let primary_key = |table: &'static str| {
+        sqlx::query_scalar::<_, String>(
+            "SELECT conname::text FROM pg_constraint
+             WHERE conrelid = ('public.' || $1)::regclass AND contype = 'p'",
+        )
+        .bind(table)
+        .fetch_one(&app.pool)
+    };
+    assert_eq!(primary_key("job_view").await.unwrap(), "job_view_pkey");
     // The timeline's key, built after its rows, is there too.
-    let timeline_key: String = sqlx::query_scalar(
-        "SELECT conname::text FROM pg_constraint
-         WHERE conrelid = 'public.job_event_view'::regclass AND contype = 'p'",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
-    assert_eq!(timeline_key, "job_event_view_pkey");
+    assert_eq!(
+        primary_key("job_event_view").await.unwrap(),
+        "job_event_view_pkey"
+    );
     // The rebuild was unlogged scratch; what went live is logged like every table.
     let unlogged: Vec<String> = sqlx::query_scalar(
         "SELECT relname::text FROM pg_class
