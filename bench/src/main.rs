@@ -71,6 +71,10 @@ pub struct Args {
     /// while profiling).
     #[arg(long)]
     drain_only: bool,
+    /// Run only the idle enqueue → claim scenario (a fresh server, the factories in
+    /// their long polls) and print its figures as JSON.
+    #[arg(long)]
+    idle_only: bool,
 }
 
 impl Args {
@@ -160,6 +164,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&result?)?);
         return Ok(());
     }
+    if args.idle_only {
+        let result = idle_only(&args, &bin, &dbs).await;
+        dbs.drop_all().await;
+        println!("{}", serde_json::to_string_pretty(&result?)?);
+        return Ok(());
+    }
     let result = scenarios(&args, &bin, &dbs).await;
     dbs.drop_all().await;
     let figures = result?;
@@ -231,6 +241,27 @@ async fn drains_only(
         "claimsPerTransaction": drain.claims_per_batch,
         "reportsPerStatement": drain.reports_per_batch,
     }))
+}
+
+/// `--idle-only`: the idle enqueue → claim latency on a fresh server.
+async fn idle_only(
+    args: &Args,
+    bin: &std::path::Path,
+    dbs: &db::Databases,
+) -> anyhow::Result<serde_json::Value> {
+    let work = std::env::temp_dir().join(format!("gigafactory-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let url = dbs.fresh("idle").await?;
+    let server = server::Server::start(bin, &url, &work).await?;
+    let api = client::Api::new(&server.url, args.factories * 2 + 8)?;
+    let operator = api.operator_token(&server.admin_token, &["bench"]).await?;
+    let factories = api.enroll(&operator, "bench", args.factories, 1).await?;
+    step("idle enqueue → claim");
+    let idle =
+        fleet::idle_enqueue_to_claim(&api, &operator, "bench", &factories, args.idle_samples).await;
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(serde_json::json!({ "idleEnqueueToClaimMs": idle? }))
 }
 
 fn step(what: &str) {
