@@ -2,12 +2,16 @@
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use std::str::FromStr;
 use std::time::Duration;
 
 /// The project's migrations (`migrations/`), embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+/// How long a pooled connection may sit idle and still be handed out unchecked (as
+/// HikariCP's bypass window, 500 ms there).
+pub const CHECK_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// A pool whose connections name this process (`gigafactory-<pid>`), so a process
 /// can tell its own sessions from other `serve` processes' on a shared server.
@@ -18,6 +22,13 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 /// drain, docs/performance.md). So no statement of ours may rely on a parameter's
 /// value to be planned well: optional filters are left out of the SQL, not written as
 /// `$n IS NULL OR …`.
+///
+/// A connection is checked (a `Sync` round trip) before it is handed out only when it
+/// has been idle for [`CHECK_IF_IDLE_FOR`] or longer: sqlx's default checks every
+/// acquisition, one round trip more per request and per batch (9 % of the server's
+/// CPU under the drain, docs/performance.md), for a connection that answered a
+/// moment ago. One that died since (a restarted server) fails its next statement
+/// (`503`) and is dropped; the pool opens a fresh one.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     let options = PgConnectOptions::from_str(url)?
         .application_name(&format!("gigafactory-{}", std::process::id()))
@@ -27,6 +38,15 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
         .min_connections(1)
         // With the database gone, fail fast (503) instead of queueing requests.
         .acquire_timeout(Duration::from_secs(3))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= CHECK_IF_IDLE_FOR {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(options)
         .await
 }

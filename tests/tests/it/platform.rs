@@ -1,7 +1,7 @@
 //! The platform surface: Prometheus metrics and the live event stream (SSE).
 
 use futures::StreamExt;
-use gigafactory_tests::{spawn_app, spawn_app_on, TestApp};
+use gigafactory_tests::{spawn_app, spawn_app_on, TestApp, TestDb};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -400,4 +400,50 @@ async fn append_only_tables_are_analysed_again_only_when_they_have_doubled() {
     // but 1,700 since the last analysis of 1,000 rows do.
     grow_timeline(&app, 1_000).await;
     assert_eq!(timeline_analyses(&app, Duration::from_millis(300)).await, 2);
+}
+
+/// Ends every session on `db` except the caller's (a restarted or failed-over server
+/// looks like this to a pool).
+async fn terminate_sessions(db: &TestDb) -> i64 {
+    let admin = sqlx::PgPool::connect(&gigafactory_tests::server_url())
+        .await
+        .unwrap();
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = $1 AND pid <> pg_backend_pid()) t",
+    )
+    .bind(&db.name)
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    admin.close().await;
+    ended
+}
+
+/// Runs `n` statements at once on `pool`, each holding its connection a moment (so
+/// they take `n` connections); how many succeeded.
+async fn concurrent_sleeps(pool: &sqlx::PgPool, n: usize) -> usize {
+    let calls = (0..n).map(|_| sqlx::query("SELECT pg_sleep(0.05)").execute(pool));
+    futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .filter(Result::is_ok)
+        .count()
+}
+
+#[tokio::test]
+async fn pooled_connections_that_died_while_idle_are_replaced_before_use() {
+    let db = TestDb::create().await;
+    let pool = gigafactory_api::db::connect(&db.url, 6).await.unwrap();
+    // Given six warm connections in the pool,
+    assert_eq!(concurrent_sleeps(&pool, 6).await, 6);
+    assert_eq!(pool.size(), 6);
+    // when the server ends them all and they sit idle past the window in which a
+    // pooled connection is trusted unchecked,
+    assert_eq!(terminate_sessions(&db).await, 6);
+    tokio::time::sleep(gigafactory_api::db::CHECK_IF_IDLE_FOR + Duration::from_millis(200)).await;
+    // then every statement runs: each dead connection is found when it is acquired
+    // and replaced, never handed out.
+    assert_eq!(concurrent_sleeps(&pool, 6).await, 6);
+    pool.close().await;
 }
