@@ -327,6 +327,40 @@ where
     execute_many(state, aggregate_ids, make).await
 }
 
+/// Runs `make(now)` on a job stream that cannot exist yet — its id was just drawn
+/// (a UUIDv7 of this process): there is no stream to lock or load, so the clock is
+/// read and the command decided on an empty job, and one autocommit statement
+/// appends its events with every read model they touch (as a report's) — two round
+/// trips, no `BEGIN`, lock or `COMMIT`. Should the stream exist after all, the
+/// events' key refuses the append, nothing is written, and the command runs the
+/// locked way ([`execute`]), as it does when its events need more than the one
+/// statement.
+pub async fn execute_new_job<F>(
+    state: &AppState,
+    aggregate_id: &str,
+    make: F,
+) -> Result<Executed<Job>, ExecError<JobError>>
+where
+    F: Fn(DateTime<Utc>) -> JobCommand,
+{
+    let mut conn = state.pool.acquire().await?;
+    let now = state.clock.now(&mut conn).await?;
+    let commands = vec![(aggregate_id.to_string(), make(now))];
+    match try_on_read_models(&mut conn, commands, Default::default()).await? {
+        Some(outcomes) => {
+            let executed = only(outcomes)?;
+            if !executed.events.is_empty() {
+                state.events_committed(&executed.events);
+            }
+            Ok(executed)
+        }
+        None => {
+            drop(conn);
+            execute(state, aggregate_id, make).await
+        }
+    }
+}
+
 /// The optimistic step of [`execute_many_optimistic`] on `job` as read: `Ok(None)` when
 /// the command must run the locked way (the stream moved since the read, or its
 /// events need more than one statement); nothing was appended then.

@@ -7,7 +7,7 @@ use crate::openapi::*;
 use super::params::{self, QueryMap};
 use crate::app::AppState;
 use crate::auth::{Caller, Operator, Scope};
-use crate::commands::{execute, into_api};
+use crate::commands::{execute, execute_new_job, into_api};
 use crate::error::ApiError;
 use crate::json::JsonBody;
 use crate::views;
@@ -97,7 +97,7 @@ pub async fn submit(
         max_attempts: body.max_attempts,
         timeout_secs: body.timeout_secs,
     };
-    let done = execute::<Job, _>(&state, &job_id.stream_id(&product), |now| {
+    let done = execute_new_job(&state, &job_id.stream_id(&product), |now| {
         JobCommand::Submit {
             job: new.clone(),
             now,

@@ -1,9 +1,10 @@
 //! Reports decide on the job read model and append in one autocommit statement
 //! (`commands::execute_many_optimistic`): the read model is the stream folded, and a
 //! stream that moved since the read refuses the append and appends nothing, after
-//! which the locked way decides.
+//! which the locked way decides. A submit of a new stream appends the same way
+//! (`commands::execute_new_job`).
 
-use gigafactory_api::commands::try_on_read_model;
+use gigafactory_api::commands::{execute_new_job, try_on_read_model};
 use gigafactory_domain::job::{Job, JobCommand, Report, ReportStatus};
 use gigafactory_domain::FactoryId;
 use gigafactory_projections::{jobs, log};
@@ -280,4 +281,66 @@ async fn a_batch_with_one_stale_read_appends_nothing_for_any_of_its_jobs() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(app.event_count().await, before + 2);
+}
+
+fn new_job(id: uuid::Uuid, title: &str) -> gigafactory_domain::job::NewJob {
+    gigafactory_domain::job::NewJob {
+        job_id: gigafactory_domain::JobId(id),
+        product_id: gigafactory_domain::ProductId::parse("p1").unwrap(),
+        title: title.into(),
+        payload: json!({}),
+        required_capabilities: vec![],
+        priority: gigafactory_domain::Priority::Normal,
+        budget_usd: 0.0,
+        max_attempts: 3,
+        timeout_secs: None,
+    }
+}
+
+#[tokio::test]
+async fn a_submit_appends_with_its_read_models_and_a_stream_that_exists_is_refused() {
+    let app = spawn_app().await;
+    let op = app.operator(&["p1"]).await;
+    let id = uuid::Uuid::now_v7();
+    let stream = format!("p1/{id}");
+    // Given a new job submitted with no lock, load or transaction,
+    let before = app.event_count().await;
+    let done = execute_new_job(&app.state, &stream, |now| JobCommand::Submit {
+        job: new_job(id, "first"),
+        now,
+    })
+    .await
+    .unwrap();
+    assert_eq!(done.events.len(), 1);
+    assert_eq!(app.event_count().await, before + 1);
+    // its read models were written by the append's own statement,
+    let got = app.get(&format!("/fleet/jobs/{id}"), &op).await;
+    assert_eq!(got.body["stage"], "queued", "{:?}", got.body);
+    assert_eq!(got.body["title"], "first");
+    let events = app.get(&format!("/fleet/jobs/{id}/events"), &op).await;
+    assert_eq!(
+        events.body["items"].as_array().unwrap().len(),
+        1,
+        "{:?}",
+        events.body
+    );
+    // when the same stream is submitted again, the append is refused, the locked way
+    // finds the job and refuses it, and nothing is appended or changed.
+    let again = execute_new_job(&app.state, &stream, |now| JobCommand::Submit {
+        job: new_job(id, "second"),
+        now,
+    })
+    .await;
+    assert!(
+        matches!(
+            again,
+            Err(gigafactory_api::commands::ExecError::Domain(
+                gigafactory_domain::job::JobError::AlreadyExists
+            ))
+        ),
+        "{again:?}"
+    );
+    assert_eq!(app.event_count().await, before + 1);
+    let got = app.get(&format!("/fleet/jobs/{id}"), &op).await;
+    assert_eq!(got.body["title"], "first");
 }
