@@ -137,6 +137,20 @@ async fn a_stream_keeps_its_order_when_its_later_event_has_the_older_transaction
     append(&mut later, &rows).await.unwrap();
     later.commit().await.unwrap();
 
+    // One call of the sequencer positions them all: the second event, held back in
+    // its first round (its predecessor came later in transaction order), is ready in
+    // the next round of the same call.
+    gigafactory_projections::log::assign_positions(&app.pool, 1000)
+        .await
+        .unwrap();
+    let unpositioned: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events e
+         WHERE NOT EXISTS (SELECT 1 FROM event_positions p WHERE p.event_id = e.id)",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(unpositioned, 0);
     app.settle().await;
     let positions: Vec<i64> = positions_of(&app, &stream)
         .await
