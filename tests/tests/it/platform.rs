@@ -447,3 +447,54 @@ async fn pooled_connections_that_died_while_idle_are_replaced_before_use() {
     assert_eq!(concurrent_sleeps(&pool, 6).await, 6);
     pool.close().await;
 }
+
+/// Adds `n` run rows and makes the counts visible to the statistics views at once.
+async fn grow_runs(app: &TestApp, n: i64) {
+    let mut conn = app.pool.acquire().await.unwrap();
+    sqlx::query(
+        "INSERT INTO run_view (run_id, job_id, product_id, factory_id, epoch, outcome,
+                               started_at, last_sequence)
+         SELECT gen_random_uuid(), gen_random_uuid(), 'p1', gen_random_uuid(), 1, 'running',
+                now(), 2
+         FROM generate_series(1, $1)",
+    )
+    .bind(n)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+}
+
+/// How often the runs have been analysed, once the maintainer has had `settle`.
+async fn run_analyses(app: &TestApp, settle: Duration) -> i64 {
+    tokio::time::sleep(settle).await;
+    gigafactory_api::maintenance::refresh(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query_scalar(
+        "SELECT analyze_count + autoanalyze_count FROM pg_stat_user_tables
+         WHERE relname = 'run_view' AND schemaname = current_schema()",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_large_table_is_analysed_at_most_once_a_minute() {
+    let app = spawn_app().await;
+    // Given a small table analysed (600 new rows: due by a tenth's rule),
+    grow_runs(&app, 600).await;
+    assert_eq!(run_analyses(&app, Duration::from_millis(300)).await, 1);
+    // when it grows past the large-table size and 5 s pass, it is analysed again
+    // (a small table's pause),
+    grow_runs(&app, gigafactory_api::maintenance::LARGE_TABLE_ROWS as i64).await;
+    assert_eq!(run_analyses(&app, Duration::from_millis(5_200)).await, 2);
+    // then, large, it is not analysed 5 s later though it changed by far more than
+    // a tenth again.
+    grow_runs(&app, 5_000).await;
+    assert_eq!(run_analyses(&app, Duration::from_millis(5_200)).await, 2);
+}
