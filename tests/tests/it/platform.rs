@@ -351,37 +351,68 @@ async fn a_revoked_token_s_stream_ends() {
     );
 }
 
-/// Adds `n` timeline rows (an append-only table) and makes the counts visible to
-/// the statistics views at once.
-async fn grow_timeline(app: &TestApp, n: i64) {
+/// Adds `n` rows with `insert` (a statement of `generate_series(1, $1)`) and makes the
+/// counts visible to the statistics views at once.
+async fn grow(app: &TestApp, insert: &str, n: i64) {
     let mut conn = app.pool.acquire().await.unwrap();
-    sqlx::query(
-        "INSERT INTO job_event_view (job_id, sequence, event_type, payload, recorded_at)
-         SELECT gen_random_uuid(), 1, 'JobSubmitted', '{}', now() FROM generate_series(1, $1)",
-    )
-    .bind(n)
-    .execute(&mut *conn)
-    .await
-    .unwrap();
+    sqlx::query(insert)
+        .bind(n)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
     sqlx::query("SELECT pg_stat_force_next_flush()")
         .execute(&mut *conn)
         .await
         .unwrap();
 }
 
-/// How often the timeline has been analysed, once the maintainer has had `settle`.
-async fn timeline_analyses(app: &TestApp, settle: Duration) -> i64 {
+/// `n` timeline rows (an append-only table).
+async fn grow_timeline(app: &TestApp, n: i64) {
+    grow(
+        app,
+        "INSERT INTO job_event_view (job_id, sequence, event_type, payload, recorded_at)
+         SELECT gen_random_uuid(), 1, 'JobSubmitted', '{}', now() FROM generate_series(1, $1)",
+        n,
+    )
+    .await
+}
+
+/// `n` run rows (a read model analysed by autovacuum's tenth).
+async fn grow_runs(app: &TestApp, n: i64) {
+    grow(
+        app,
+        "INSERT INTO run_view (run_id, job_id, product_id, factory_id, epoch, outcome,
+                               started_at, last_sequence)
+         SELECT gen_random_uuid(), gen_random_uuid(), 'p1', gen_random_uuid(), 1, 'running',
+                now(), 2
+         FROM generate_series(1, $1)",
+        n,
+    )
+    .await
+}
+
+/// How often `table` has been analysed, once the maintainer has had `settle`.
+async fn analyses(app: &TestApp, table: &str, settle: Duration) -> i64 {
     tokio::time::sleep(settle).await;
     gigafactory_api::maintenance::refresh(&app.pool)
         .await
         .unwrap();
     sqlx::query_scalar(
         "SELECT analyze_count + autoanalyze_count FROM pg_stat_user_tables
-         WHERE relname = 'job_event_view' AND schemaname = current_schema()",
+         WHERE relname = $1 AND schemaname = current_schema()",
     )
+    .bind(table)
     .fetch_one(&app.pool)
     .await
     .unwrap()
+}
+
+async fn timeline_analyses(app: &TestApp, settle: Duration) -> i64 {
+    analyses(app, "job_event_view", settle).await
+}
+
+async fn run_analyses(app: &TestApp, settle: Duration) -> i64 {
+    analyses(app, "run_view", settle).await
 }
 
 #[tokio::test]
@@ -446,41 +477,6 @@ async fn pooled_connections_that_died_while_idle_are_replaced_before_use() {
     // and replaced, never handed out.
     assert_eq!(concurrent_sleeps(&pool, 6).await, 6);
     pool.close().await;
-}
-
-/// Adds `n` run rows and makes the counts visible to the statistics views at once.
-async fn grow_runs(app: &TestApp, n: i64) {
-    let mut conn = app.pool.acquire().await.unwrap();
-    sqlx::query(
-        "INSERT INTO run_view (run_id, job_id, product_id, factory_id, epoch, outcome,
-                               started_at, last_sequence)
-         SELECT gen_random_uuid(), gen_random_uuid(), 'p1', gen_random_uuid(), 1, 'running',
-                now(), 2
-         FROM generate_series(1, $1)",
-    )
-    .bind(n)
-    .execute(&mut *conn)
-    .await
-    .unwrap();
-    sqlx::query("SELECT pg_stat_force_next_flush()")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-}
-
-/// How often the runs have been analysed, once the maintainer has had `settle`.
-async fn run_analyses(app: &TestApp, settle: Duration) -> i64 {
-    tokio::time::sleep(settle).await;
-    gigafactory_api::maintenance::refresh(&app.pool)
-        .await
-        .unwrap();
-    sqlx::query_scalar(
-        "SELECT analyze_count + autoanalyze_count FROM pg_stat_user_tables
-         WHERE relname = 'run_view' AND schemaname = current_schema()",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap()
 }
 
 #[tokio::test]
