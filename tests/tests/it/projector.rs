@@ -137,20 +137,6 @@ async fn a_stream_keeps_its_order_when_its_later_event_has_the_older_transaction
     append(&mut later, &rows).await.unwrap();
     later.commit().await.unwrap();
 
-    // One call of the sequencer positions them all: the second event, held back in
-    // its first round (its predecessor came later in transaction order), is ready in
-    // the next round of the same call.
-    gigafactory_projections::log::assign_positions(&app.pool, 1000)
-        .await
-        .unwrap();
-    let unpositioned: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events e
-         WHERE NOT EXISTS (SELECT 1 FROM event_positions p WHERE p.event_id = e.id)",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
-    assert_eq!(unpositioned, 0);
     app.settle().await;
     let positions: Vec<i64> = positions_of(&app, &stream)
         .await
@@ -605,4 +591,54 @@ async fn a_window_held_back_behind_later_predecessors_does_not_stall_the_log() {
             "{stream} in sequence order: {positions:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn one_sequencer_call_positions_a_stream_whose_later_event_has_the_older_transaction() {
+    // No server: this test alone calls the sequencer.
+    let db = gigafactory_tests::TestDb::create().await;
+    let pool = db.pool(4).await;
+    // L takes its transaction id first; E appends the stream's first event and
+    // commits; L appends its second and third events and another stream's first.
+    let mut later = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *later)
+        .await
+        .unwrap();
+    let (stream, first) = submitted("s");
+    let mut earlier = pool.begin().await.unwrap();
+    append(&mut earlier, &[first]).await.unwrap();
+    earlier.commit().await.unwrap();
+    let (_, other) = submitted("o");
+    let mut rows = followers(&stream, 2, 2);
+    rows.push(other);
+    append(&mut later, &rows).await.unwrap();
+    later.commit().await.unwrap();
+    // Once no older transaction anywhere on the server holds the log back (other
+    // tests' may, for a moment),
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let past: bool = sqlx::query_scalar(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot()) > (SELECT max(txid) FROM events)",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if past {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the horizon never passed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // one call positions all four: the second and third events, held back in its
+    // first round (their predecessor came later in transaction order), are ready in
+    // the next round of the same call.
+    let given = gigafactory_projections::log::assign_positions(&pool, 1000)
+        .await
+        .unwrap();
+    assert_eq!(given, 4);
+    pool.close().await;
 }
