@@ -105,6 +105,17 @@ fn followers(stream: &str, from_sequence: u64, n: usize) -> Vec<NewEvent> {
         .collect()
 }
 
+/// A transaction that has taken its id (so its events sort before those of any
+/// transaction that takes one later, whenever it appends them).
+async fn transaction_with_an_id(pool: &sqlx::PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx
+}
+
 async fn positions_of(app: &TestApp, stream: &str) -> Vec<Option<i64>> {
     sqlx::query_scalar(
         "SELECT p.position FROM events e LEFT JOIN event_positions p ON p.event_id = e.id
@@ -121,11 +132,7 @@ async fn a_stream_keeps_its_order_when_its_later_event_has_the_older_transaction
     let app = spawn_app().await;
     // Transaction L takes its id first, but appends the stream's second event after
     // transaction E appended (and committed) the first: txid(L) < txid(E).
-    let mut later = app.pool.begin().await.unwrap();
-    sqlx::query("SELECT pg_current_xact_id()")
-        .execute(&mut *later)
-        .await
-        .unwrap();
+    let mut later = transaction_with_an_id(&app.pool).await;
     let (stream, first) = submitted("s");
     let mut earlier = app.pool.begin().await.unwrap();
     append(&mut earlier, &[first]).await.unwrap();
@@ -544,11 +551,7 @@ async fn a_window_held_back_behind_later_predecessors_does_not_stall_the_log() {
     // L takes its transaction id first; E then appends the first event of three
     // streams and commits; L appends each stream's second event. In (txid, id) order
     // L's three events come first, and each waits for E's event of its stream.
-    let mut later = pool.begin().await.unwrap();
-    sqlx::query("SELECT pg_current_xact_id()")
-        .execute(&mut *later)
-        .await
-        .unwrap();
+    let mut later = transaction_with_an_id(&pool).await;
     let firsts: Vec<(String, NewEvent)> = (0..3).map(|i| submitted(&format!("s{i}"))).collect();
     let mut earlier = pool.begin().await.unwrap();
     let rows: Vec<NewEvent> = firsts.iter().map(|(_, row)| row.clone()).collect();
@@ -600,11 +603,7 @@ async fn one_sequencer_call_positions_a_stream_whose_later_event_has_the_older_t
     let pool = db.pool(4).await;
     // L takes its transaction id first; E appends the stream's first event and
     // commits; L appends its second and third events and another stream's first.
-    let mut later = pool.begin().await.unwrap();
-    sqlx::query("SELECT pg_current_xact_id()")
-        .execute(&mut *later)
-        .await
-        .unwrap();
+    let mut later = transaction_with_an_id(&pool).await;
     let (stream, first) = submitted("s");
     let mut earlier = pool.begin().await.unwrap();
     append(&mut earlier, &[first]).await.unwrap();
