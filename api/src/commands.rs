@@ -161,6 +161,24 @@ struct Decided<A: Aggregate> {
     rows: Vec<NewEvent>,
 }
 
+/// The events a batch's commands appended, in order.
+fn appended<A: Aggregate>(outcomes: &[Outcome<A>]) -> Vec<EventRecord> {
+    outcomes
+        .iter()
+        .filter_map(|o| o.as_ref().ok())
+        .flat_map(|e| e.events.iter().cloned())
+        .collect()
+}
+
+/// After a commit (or an autocommit statement): wakes this process's log worker
+/// and waiting claims for what the batch appended, if anything.
+fn announce_committed<A: Aggregate>(state: &AppState, outcomes: &[Outcome<A>]) {
+    let events = appended(outcomes);
+    if !events.is_empty() {
+        state.events_committed(&events);
+    }
+}
+
 /// Runs each command on its aggregate (a missing one is `A::default()`).
 async fn decide<A>(
     commands: Vec<(String, A::Command)>,
@@ -312,14 +330,7 @@ where
             .map(|(i, id)| (id.clone(), make(i, now)))
             .collect();
         if let Some(outcomes) = try_on_read_models(&mut conn, commands, loaded).await? {
-            let events: Vec<EventRecord> = outcomes
-                .iter()
-                .filter_map(|o| o.as_ref().ok())
-                .flat_map(|e| e.events.iter().cloned())
-                .collect();
-            if !events.is_empty() {
-                state.events_committed(&events);
-            }
+            announce_committed(state, &outcomes);
             return Ok(outcomes);
         }
     }
@@ -348,11 +359,8 @@ where
     let commands = vec![(aggregate_id.to_string(), make(now))];
     match try_on_read_models(&mut conn, commands, Default::default()).await? {
         Some(outcomes) => {
-            let executed = only(outcomes)?;
-            if !executed.events.is_empty() {
-                state.events_committed(&executed.events);
-            }
-            Ok(executed)
+            announce_committed(state, &outcomes);
+            only(outcomes)
         }
         None => {
             drop(conn);
@@ -519,11 +527,7 @@ where
             .collect();
         match decide_loaded::<A>(&mut tx, commands, aggregates).await {
             Ok(outcomes) => {
-                let events: Vec<EventRecord> = outcomes
-                    .iter()
-                    .filter_map(|o| o.as_ref().ok())
-                    .flat_map(|e| e.events.iter().cloned())
-                    .collect();
+                let events = appended(&outcomes);
                 if events.is_empty() {
                     tx.rollback().await?;
                 } else {
