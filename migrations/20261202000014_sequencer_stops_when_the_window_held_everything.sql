@@ -2,11 +2,11 @@
 --
 -- A call positioned what was ready in its first round and then ran the whole
 -- candidate statement again, only to find nothing (0.55 ms of its ~1.4 ms per call
--- under the drain, pg_stat_statements). Now, after a round that positioned some, a
--- count of the eligible events still without a position (the cheap statement the
--- empty round ran anyway) ends the call when there are none. When some are left
--- (held back behind predecessors, some of which this round may have positioned),
--- the rounds go on as before (migration 12).
+-- under the drain, pg_stat_statements). Now every round is followed by one count of
+-- the eligible events still without a position (the cheap statement the empty round
+-- ran anyway): after a round that positioned some, none left ends the call. When
+-- some are left (held back behind predecessors, some of which this round may have
+-- positioned), the rounds go on as before (migration 12).
 CREATE OR REPLACE FUNCTION gf_assign_positions(max_batch int) RETURNS bigint LANGUAGE plpgsql
 SET enable_bitmapscan = off SET enable_seqscan = off SET jit = off AS $$
 DECLARE
@@ -68,34 +68,28 @@ BEGIN
         SELECT head + row_number() OVER (ORDER BY ord), id
         FROM (SELECT id, ord FROM ready ORDER BY ord LIMIT max_batch - given) AS cut;
         GET DIAGNOSTICS n = ROW_COUNT;
-        IF n = 0 THEN
-            -- Nothing ready. If the window was full, what is held back may wait for
-            -- predecessors past it (their transaction took its id later): look
-            -- further instead of returning with eligible events left.
-            SELECT count(*) INTO seen FROM (
-                SELECT 1 FROM events e
-                WHERE (e.txid, e.id) >= (from_txid, from_id) AND e.txid < horizon
-                  AND NOT EXISTS (SELECT 1 FROM event_positions q WHERE q.event_id = e.id OFFSET 0)
-                ORDER BY e.txid, e.id
-                LIMIT window_size) AS w;
-            EXIT WHEN seen < window_size;
-            widen := widen * 4;
-            CONTINUE;
-        END IF;
-        widen := 1;
         head := head + n;
         given := given + n;
         EXIT WHEN given >= max_batch;
-        -- Every eligible event positioned: another round would find nothing. (Events
-        -- left may still become ready now, behind a predecessor this round gave a
-        -- position: then the rounds go on as before.)
+        -- The eligible events still without a position, up to the window's size.
         SELECT count(*) INTO seen FROM (
             SELECT 1 FROM events e
             WHERE (e.txid, e.id) >= (from_txid, from_id) AND e.txid < horizon
               AND NOT EXISTS (SELECT 1 FROM event_positions q WHERE q.event_id = e.id OFFSET 0)
             ORDER BY e.txid, e.id
             LIMIT window_size) AS w;
-        EXIT WHEN seen = 0;
+        IF n > 0 THEN
+            -- None left: another round would find nothing. (Events left may be ready
+            -- now, behind a predecessor this round positioned: the rounds go on.)
+            EXIT WHEN seen = 0;
+            widen := 1;
+        ELSE
+            -- Nothing ready. If the window was full, what is held back may wait for
+            -- predecessors past it (their transaction took its id later): look
+            -- further instead of returning with eligible events left.
+            EXIT WHEN seen < window_size;
+            widen := widen * 4;
+        END IF;
     END LOOP;
     -- The first event below the horizon still without a position (held back, or
     -- past this call's batch) is the new mark; else the horizon is.
