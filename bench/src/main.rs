@@ -180,6 +180,45 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A server on a fresh database, with an operator of product `bench` and
+/// `args.factories` factories of `capacity` enrolled for it.
+struct Fleet {
+    server: server::Server,
+    api: client::Api,
+    operator: String,
+    factories: Vec<String>,
+}
+
+async fn fleet_on(
+    args: &Args,
+    bin: &std::path::Path,
+    dbs: &db::Databases,
+    work: &std::path::Path,
+    name: &str,
+    capacity: usize,
+) -> anyhow::Result<Fleet> {
+    let url = dbs.fresh(name).await?;
+    let server = server::Server::start(bin, &url, work).await?;
+    let api = client::Api::new(&server.url, args.factories * 2 + 8)?;
+    let operator = api.operator_token(&server.admin_token, &["bench"]).await?;
+    let factories = api
+        .enroll(&operator, "bench", args.factories, capacity)
+        .await?;
+    Ok(Fleet {
+        server,
+        api,
+        operator,
+        factories,
+    })
+}
+
+/// This run's scratch folder (the servers' artifacts), created.
+fn work_dir() -> anyhow::Result<PathBuf> {
+    let work = std::env::temp_dir().join(format!("gigafactory-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    Ok(work)
+}
+
 /// The one-job drain on a fresh database and server (left running for the
 /// scenarios that follow on it): its figures, the server, the client, the operator
 /// token and the factories' tokens.
@@ -195,12 +234,13 @@ async fn one_job_drain(
     String,
     Vec<String>,
 )> {
-    let url = dbs.fresh("drain").await?;
-    let server = server::Server::start(bin, &url, work).await?;
-    let api = client::Api::new(&server.url, args.factories * 2 + 8)?;
-    let operator = api.operator_token(&server.admin_token, &["bench"]).await?;
+    let Fleet {
+        server,
+        api,
+        operator,
+        factories,
+    } = fleet_on(args, bin, dbs, work, "drain", 1).await?;
     let probe = api.operator_token(&server.admin_token, &["probe"]).await?;
-    let factories = api.enroll(&operator, "bench", args.factories, 1).await?;
     step(&format!("submitting {} jobs (untimed)", args.jobs));
     api.submit_many(&operator, "bench", args.jobs, args.factories)
         .await?;
@@ -226,8 +266,7 @@ async fn drains_only(
     bin: &std::path::Path,
     dbs: &db::Databases,
 ) -> anyhow::Result<serde_json::Value> {
-    let work = std::env::temp_dir().join(format!("gigafactory-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
+    let work = work_dir()?;
     let (drain, server, ..) = one_job_drain(args, bin, dbs, &work).await?;
     server.stop().await;
     let graphile = graphile_drain(args, dbs, "default").await?;
@@ -249,13 +288,13 @@ async fn idle_only(
     bin: &std::path::Path,
     dbs: &db::Databases,
 ) -> anyhow::Result<serde_json::Value> {
-    let work = std::env::temp_dir().join(format!("gigafactory-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
-    let url = dbs.fresh("idle").await?;
-    let server = server::Server::start(bin, &url, &work).await?;
-    let api = client::Api::new(&server.url, args.factories * 2 + 8)?;
-    let operator = api.operator_token(&server.admin_token, &["bench"]).await?;
-    let factories = api.enroll(&operator, "bench", args.factories, 1).await?;
+    let work = work_dir()?;
+    let Fleet {
+        server,
+        api,
+        operator,
+        factories,
+    } = fleet_on(args, bin, dbs, &work, "idle", 1).await?;
     step("idle enqueue → claim");
     let idle =
         fleet::idle_enqueue_to_claim(&api, &operator, "bench", &factories, args.idle_samples).await;
@@ -273,8 +312,7 @@ async fn scenarios(
     bin: &std::path::Path,
     dbs: &db::Databases,
 ) -> anyhow::Result<report::Figures> {
-    let work = std::env::temp_dir().join(format!("gigafactory-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
+    let work = work_dir()?;
     let machine = report::Machine::read(dbs).await;
 
     // Gigafactory: drain (+ projection lag), idle latency, lifecycle — one server.
@@ -289,13 +327,12 @@ async fn scenarios(
     server.stop().await;
 
     // Gigafactory's batch endpoints, on a fresh database and server.
-    let url = dbs.fresh("drain_batched").await?;
-    let server = server::Server::start(bin, &url, &work).await?;
-    let api = client::Api::new(&server.url, args.factories * 2 + 8)?;
-    let operator = api.operator_token(&server.admin_token, &["bench"]).await?;
-    let factories = api
-        .enroll(&operator, "bench", args.factories, args.batch)
-        .await?;
+    let Fleet {
+        server,
+        api,
+        operator,
+        factories,
+    } = fleet_on(args, bin, dbs, &work, "drain_batched", args.batch).await?;
     step(&format!("submitting {} jobs (untimed)", args.jobs));
     api.submit_many(&operator, "bench", args.jobs, args.factories)
         .await?;
