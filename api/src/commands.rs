@@ -10,7 +10,7 @@ use cqrs_es::Aggregate;
 use gigafactory_domain::job::{Job, JobCommand, JobError};
 use gigafactory_domain::Stream;
 use gigafactory_projections::jobs;
-use gigafactory_projections::log::{self, AppendError, NewEvent};
+use gigafactory_projections::log::{self, AppendError, NewEvent, ReadModels};
 use gigafactory_projections::projector::{Projection, PROJECTIONS};
 use gigafactory_projections::runs;
 use gigafactory_projections::turns::{self, Turn};
@@ -270,12 +270,20 @@ where
         written: &[Projection],
         along: &[log::RideAlong],
     ) -> Result<Vec<Outcome<A>>, ExecError<A::Error>> {
-        let records = log::append_with(conn, &self.rows, along)
-            .await
-            .map_err(|e| match e {
-                AppendError::Db(d) => ExecError::Db(d),
-                c => ExecError::Conflict(c),
-            })?;
+        // Every read model the events touch is written here: by the append's own
+        // statement, or in the caller's transaction below (a caller without one
+        // writes everything in the statement: `try_on_read_models`).
+        let records = log::append_with(
+            conn,
+            &self.rows,
+            along,
+            ReadModels::WrittenByThisTransaction,
+        )
+        .await
+        .map_err(|e| match e {
+            AppendError::Db(d) => ExecError::Db(d),
+            c => ExecError::Conflict(c),
+        })?;
         if !records.is_empty() {
             apply_to_read_models(conn, &records, written).await?;
         }

@@ -174,20 +174,35 @@ fn renumber(sql: &str, offset: usize) -> String {
     out
 }
 
-/// Appends events in the caller's transaction. Listeners are told after the commit
-/// (see [`notify_committed`]), never from inside it.
+/// Who writes the read models of the events being appended. The projector passes
+/// over events whose own transaction wrote them (the events' `read_models_written`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadModels {
+    /// The appending transaction writes every read model the events touch (in the
+    /// append's own statement, or in the rest of the same transaction).
+    WrittenByThisTransaction,
+    /// The projector applies the events once they have positions.
+    LeftToTheProjector,
+}
+
+/// Appends events in the caller's transaction, for the projector to apply. Listeners
+/// are told after the commit (see [`notify_committed`]), never from inside it.
 pub async fn append(
     tx: &mut PgConnection,
     events: &[NewEvent],
 ) -> Result<Vec<EventRecord>, AppendError> {
-    append_with(tx, events, &[]).await
+    append_with(tx, events, &[], ReadModels::LeftToTheProjector).await
 }
 
 /// Appends events and runs `along` in the same statement (see [`RideAlong`]).
+/// `read_models` is the caller's word on who writes the rest: with
+/// [`ReadModels::WrittenByThisTransaction`], a commit without them would leave read
+/// models behind that no projector pass repairs (a rebuild would).
 pub async fn append_with(
     tx: &mut PgConnection,
     events: &[NewEvent],
     along: &[RideAlong],
+    read_models: ReadModels,
 ) -> Result<Vec<EventRecord>, AppendError> {
     if events.is_empty() {
         return Ok(vec![]);
@@ -211,12 +226,18 @@ pub async fn append_with(
         // text[] of text[] is not a thing in Postgres: pass as one joined string.
         visible.push(e.visible_to.join("\u{1f}"));
     }
-    let mut sql = String::from(
+    // The mark is named only when set: the column's default says the rest.
+    let (mark_column, mark_value) = match read_models {
+        ReadModels::WrittenByThisTransaction => (", read_models_written", ", true"),
+        ReadModels::LeftToTheProjector => ("", ""),
+    };
+    let mut sql = format!(
         "WITH appended AS (
          INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
-                             payload, metadata, product_id, visible_to)
-         SELECT t, i, s, et, v, p::json, '{}'::json, pr,
-                CASE WHEN vis = '' THEN '{}'::text[] ELSE string_to_array(vis, chr(31)) END
+                             payload, metadata, product_id, visible_to{mark_column})
+         SELECT t, i, s, et, v, p::json, '{{}}'::json, pr,
+                CASE WHEN vis = '' THEN '{{}}'::text[] ELSE string_to_array(vis, chr(31)) END
+                {mark_value}
          FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
                      $7::text[], $8::text[]) AS u(t, i, s, et, v, p, pr, vis)
          RETURNING aggregate_type, aggregate_id, sequence, event_type, payload, id, recorded_at)",
@@ -471,6 +492,43 @@ pub async fn read_after(
         }
     };
     Ok(rows.iter().map(record).collect())
+}
+
+/// What the projector has to look at of the positions after `after`, up to `limit`
+/// of them: the last position looked at, and, in log order, the events among them
+/// that it must apply — those whose own transaction did not write their read models
+/// (see [`ReadModels`]), and every one up to `every_event_through` — each with
+/// whether its transaction wrote them. One statement, so one snapshot: the log head
+/// and every position up to it (the sequencer gives dense positions and moves the
+/// head in the same transaction).
+pub async fn read_to_project(
+    conn: &mut PgConnection,
+    after: i64,
+    limit: i64,
+    every_event_through: i64,
+) -> Result<(i64, Vec<(EventRecord, bool)>), sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT h.upto, e.* FROM
+             (SELECT greatest(least(last_position, $1 + $2), $1) AS upto FROM event_log_head) h
+         LEFT JOIN LATERAL (
+             SELECT {RECORD_COLUMNS}, read_models_written FROM positioned_events
+             WHERE position > $1 AND position <= h.upto
+               AND (position <= $3 OR NOT read_models_written)
+         ) e ON true
+         ORDER BY e.position"
+    ))
+    .bind(after)
+    .bind(limit)
+    .bind(every_event_through)
+    .fetch_all(&mut *conn)
+    .await?;
+    let upto = rows.first().map_or(after, |r| r.get("upto"));
+    let events = rows
+        .iter()
+        .filter(|r| r.get::<Option<i64>, _>("id").is_some())
+        .map(|r| (record(r), r.get("read_models_written")))
+        .collect();
+    Ok((upto, events))
 }
 
 /// Committed events without a position: those from the sequencer's mark on (every

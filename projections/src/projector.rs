@@ -3,7 +3,7 @@
 //! writes. One runs in every `serve` process; an advisory lock lets one at a time
 //! work, the others skip that round.
 
-use crate::log::{read_after, EventRecord};
+use crate::log::{read_to_project, EventRecord};
 use crate::ProjectionError;
 use sqlx::{PgConnection, PgPool, Row};
 use std::collections::HashMap;
@@ -129,8 +129,12 @@ impl Projection {
 /// Lock key for "one projector at a time".
 pub const PROJECTOR_LOCK: i64 = 0x6766_7072_6f6a; // "gfproj"
 
-/// Applies up to `batch` events past the lowest checkpoint. Returns how many events
-/// were read (0: caught up), or `None` when another process holds the projector lock.
+/// Looks at up to `batch` positions past the lowest checkpoint and applies the
+/// events among them that their own transaction did not write to the read models
+/// (the command path writes them all; see [`crate::log::ReadModels`]) — every event,
+/// for a projection up to its [`Checkpoint::applies_every_event_through`]. Every
+/// checkpoint moves past what was looked at. Returns how many positions were looked
+/// at (0: caught up), or `None` when another process holds the projector lock.
 pub async fn run_once(pool: &PgPool, batch: i64) -> Result<Option<usize>, ProjectionError> {
     let mut tx = pool.begin().await?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
@@ -142,27 +146,36 @@ pub async fn run_once(pool: &PgPool, batch: i64) -> Result<Option<usize>, Projec
         return Ok(None);
     }
     let mut checkpoints = checkpoints(&mut tx).await?;
-    let from = PROJECTIONS
-        .iter()
-        .map(|p| checkpoints[p.name()])
-        .min()
+    let from = checkpoints.values().map(|c| c.position).min().unwrap_or(0);
+    let every_event_through = checkpoints
+        .values()
+        .map(|c| c.applies_every_event_through)
+        .max()
         .unwrap_or(0);
-    let events = read_after(&mut tx, from, batch, None).await?;
-    for p in PROJECTIONS {
-        let cp = checkpoints
-            .get_mut(p.name())
-            .expect("every projection has a checkpoint");
-        let first = events.partition_point(|e| e.position.unwrap_or(0) <= *cp);
-        if first < events.len() {
-            p.apply_batch(&mut tx, &events[first..]).await?;
-            *cp = events[events.len() - 1]
-                .position
-                .expect("read_after returns positioned events");
+    let (upto, events) = read_to_project(&mut tx, from, batch, every_event_through).await?;
+    if upto > from {
+        for p in PROJECTIONS {
+            let cp = checkpoints
+                .get_mut(p.name())
+                .expect("every projection has a checkpoint");
+            let due: Vec<EventRecord> = events
+                .iter()
+                .filter(|(e, written)| {
+                    let at = e.position.unwrap_or(0);
+                    at > cp.position && (!written || at <= cp.applies_every_event_through)
+                })
+                .map(|(e, _)| e.clone())
+                .collect();
+            if !due.is_empty() {
+                p.apply_batch(&mut tx, &due).await?;
+            }
+            cp.position = cp.position.max(upto);
         }
-    }
-    if !events.is_empty() {
         let names: Vec<&str> = PROJECTIONS.iter().map(|p| p.name()).collect();
-        let positions: Vec<i64> = PROJECTIONS.iter().map(|p| checkpoints[p.name()]).collect();
+        let positions: Vec<i64> = PROJECTIONS
+            .iter()
+            .map(|p| checkpoints[p.name()].position)
+            .collect();
         sqlx::query(
             "UPDATE projection_checkpoints c SET position = u.position
              FROM unnest($1::text[], $2::bigint[]) AS u(projection, position)
@@ -174,33 +187,62 @@ pub async fn run_once(pool: &PgPool, batch: i64) -> Result<Option<usize>, Projec
         .await?;
     }
     tx.commit().await?;
-    Ok(Some(events.len()))
+    Ok(Some((upto - from) as usize))
 }
 
-/// Every projection's checkpoint (creating missing ones at 0).
+/// Where a projection is in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Every event up to here is applied (or was written by its own transaction).
+    pub position: i64,
+    /// Up to here the projection applies every event, even those whose transaction
+    /// wrote the read models: they did not write this one if it did not exist yet (a
+    /// checkpoint created later starts at the log's head) or was moved back to be
+    /// rebuilt (a trigger moves this to where the checkpoint had been; migration 15).
+    pub applies_every_event_through: i64,
+}
+
+/// Every projection's checkpoint (creating missing ones at 0, applying every event
+/// up to the log's head).
 pub async fn checkpoints(
     conn: &mut PgConnection,
-) -> Result<HashMap<&'static str, i64>, sqlx::Error> {
+) -> Result<HashMap<&'static str, Checkpoint>, sqlx::Error> {
     let names: Vec<&str> = PROJECTIONS.iter().map(|p| p.name()).collect();
     // One statement: the SELECT does not see the CTE's new rows (one snapshot), so
     // they are added to its answer.
     let rows = sqlx::query(
         "WITH created AS (
-             INSERT INTO projection_checkpoints (projection) SELECT unnest($1::text[])
-             ON CONFLICT DO NOTHING RETURNING projection, position)
-         SELECT projection, position FROM projection_checkpoints
-         UNION ALL SELECT projection, position FROM created",
+             INSERT INTO projection_checkpoints (projection, applies_every_event_through)
+             SELECT unnest($1::text[]), (SELECT last_position FROM event_log_head)
+             ON CONFLICT DO NOTHING
+             RETURNING projection, position, applies_every_event_through)
+         SELECT projection, position, applies_every_event_through FROM projection_checkpoints
+         UNION ALL SELECT projection, position, applies_every_event_through FROM created",
     )
     .bind(&names)
     .fetch_all(&mut *conn)
     .await?;
-    let stored: HashMap<String, i64> = rows
+    let stored: HashMap<String, Checkpoint> = rows
         .iter()
-        .map(|r| (r.get("projection"), r.get("position")))
+        .map(|r| {
+            (
+                r.get("projection"),
+                Checkpoint {
+                    position: r.get("position"),
+                    applies_every_event_through: r.get("applies_every_event_through"),
+                },
+            )
+        })
         .collect();
     Ok(PROJECTIONS
         .iter()
-        .map(|p| (p.name(), stored.get(p.name()).copied().unwrap_or(0)))
+        .map(|p| {
+            let at = stored.get(p.name()).copied().unwrap_or(Checkpoint {
+                position: 0,
+                applies_every_event_through: 0,
+            });
+            (p.name(), at)
+        })
         .collect())
 }
 
@@ -210,7 +252,7 @@ pub async fn low_water_mark(pool: &PgPool) -> Result<i64, sqlx::Error> {
     Ok(checkpoints(&mut conn)
         .await?
         .values()
-        .copied()
+        .map(|c| c.position)
         .min()
         .unwrap_or(0))
 }

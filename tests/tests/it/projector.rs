@@ -360,6 +360,98 @@ async fn a_restarted_projector_resumes_from_its_checkpoint() {
     let _ = op;
 }
 
+/// The command path writes every read model its events touch in their own
+/// transaction; the projector then only moves its checkpoints past them. Events
+/// appended any other way are still applied. (The rows of the command's job are
+/// removed behind the projector's back to tell the two apart: re-applied, its event
+/// would write them again.)
+#[tokio::test]
+async fn the_projector_passes_over_events_whose_own_transaction_wrote_their_read_models() {
+    let app = spawn_app().await;
+    let op = app.operator(&["p1"]).await;
+    let by_command = app
+        .submit(&op, json!({"productId": "p1", "title": "by the command"}))
+        .await;
+    let (stream, row) = submitted("by the projector");
+    let mut tx = app.pool.begin().await.unwrap();
+    append(&mut tx, &[row]).await.unwrap();
+    tx.commit().await.unwrap();
+    let marks: Vec<(String, bool)> =
+        sqlx::query_as("SELECT event_type, read_models_written FROM events ORDER BY id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        marks
+            .iter()
+            .filter(|(t, _)| t == "JobSubmitted")
+            .map(|(_, m)| *m)
+            .collect::<Vec<_>>(),
+        [true, false],
+        "{marks:?}"
+    );
+    assert_eq!(titles(&app).await, ["by the command"]);
+    let job_id: Uuid = by_command["id"].as_str().unwrap().parse().unwrap();
+    for table in ["job_view", "job_event_view"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE job_id = $1"))
+            .bind(job_id)
+            .execute(&app.pool)
+            .await
+            .unwrap();
+    }
+
+    app.settle().await;
+
+    assert_eq!(titles(&app).await, ["by the projector"]);
+    let timeline: i64 = sqlx::query_scalar("SELECT count(*) FROM job_event_view WHERE job_id = $1")
+        .bind(job_id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(timeline, 0, "the command's event was not applied again");
+    let (low, head): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT min(position) FROM projection_checkpoints),
+                (SELECT last_position FROM event_log_head)",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(low, head, "every checkpoint moved past both events");
+    assert!(position_of(&app, &stream).await <= Some(low));
+}
+
+/// A projection that did not exist when the command path wrote its events' read
+/// models (its checkpoint is created later) applies every event up to the log's head
+/// then, the ones the command path wrote included.
+#[tokio::test]
+async fn a_projection_added_later_applies_every_event_before_it() {
+    let app = spawn_app().await;
+    let op = app.operator(&["p1"]).await;
+    for title in ["a", "b"] {
+        app.submit(&op, json!({"productId": "p1", "title": title}))
+            .await;
+    }
+    app.settle().await;
+    // The timeline as if it were new: no rows, no checkpoint.
+    sqlx::query("TRUNCATE job_event_view")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM projection_checkpoints WHERE projection = 'timeline'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    app.settle().await;
+
+    let timeline: Vec<String> =
+        sqlx::query_scalar("SELECT event_type FROM job_event_view ORDER BY job_id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(timeline, ["JobSubmitted", "JobSubmitted"]);
+}
+
 #[tokio::test]
 async fn the_database_refuses_to_change_the_log() {
     let app = spawn_app().await;
@@ -370,6 +462,7 @@ async fn the_database_refuses_to_change_the_log() {
     for sql in [
         "UPDATE events SET payload = '{}'",
         "UPDATE events SET recorded_at = recorded_at",
+        "UPDATE events SET read_models_written = NOT read_models_written",
         "DELETE FROM events",
         "TRUNCATE events",
         "UPDATE event_positions SET position = position + 100",
