@@ -497,7 +497,7 @@ pub async fn read_after(
 /// What the projector has to look at of the positions after `after`, up to `limit`
 /// of them: the last position looked at, and, in log order, the events among them
 /// that it must apply — those whose own transaction did not write their read models
-/// (see [`ReadModels`]), and every one up to `every_event_through` — each with
+/// (see [`ReadModels`]), and every one up to `every_event_through` — and, for each,
 /// whether its transaction wrote them. One statement, so one snapshot: the log head
 /// and every position up to it (the sequencer gives dense positions and moves the
 /// head in the same transaction). The range's `ORDER BY … LIMIT` (its size anyway)
@@ -509,7 +509,7 @@ pub async fn read_to_project(
     after: i64,
     limit: i64,
     every_event_through: i64,
-) -> Result<(i64, Vec<(EventRecord, bool)>), sqlx::Error> {
+) -> Result<(i64, Vec<EventRecord>, Vec<bool>), sqlx::Error> {
     let rows = sqlx::query(&format!(
         "SELECT h.upto, e.* FROM
              (SELECT greatest(least(last_position, $1 + $2), $1) AS upto FROM event_log_head) h
@@ -527,12 +527,13 @@ pub async fn read_to_project(
     .fetch_all(&mut *conn)
     .await?;
     let upto = rows.first().map_or(after, |r| r.get("upto"));
-    let events = rows
+    let rows: Vec<_> = rows
         .iter()
         .filter(|r| r.get::<Option<i64>, _>("id").is_some())
-        .map(|r| (record(r), r.get("read_models_written")))
         .collect();
-    Ok((upto, events))
+    let events = rows.iter().map(|r| record(r)).collect();
+    let written = rows.iter().map(|r| r.get("read_models_written")).collect();
+    Ok((upto, events, written))
 }
 
 /// Committed events without a position: those from the sequencer's mark on (every

@@ -6,6 +6,7 @@
 use crate::log::{read_to_project, EventRecord};
 use crate::ProjectionError;
 use sqlx::{PgConnection, PgPool, Row};
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// The read models the projector maintains.
@@ -152,20 +153,19 @@ pub async fn run_once(pool: &PgPool, batch: i64) -> Result<Option<usize>, Projec
         .map(|c| c.applies_every_event_through)
         .max()
         .unwrap_or(0);
-    let (upto, events) = read_to_project(&mut tx, from, batch, every_event_through).await?;
+    let (upto, events, written) =
+        read_to_project(&mut tx, from, batch, every_event_through).await?;
     if upto > from {
         for p in PROJECTIONS {
             let cp = checkpoints
                 .get_mut(p.name())
                 .expect("every projection has a checkpoint");
-            let due: Vec<EventRecord> = events
-                .iter()
-                .filter(|(e, written)| {
-                    let at = e.position.unwrap_or(0);
-                    at > cp.position && (!written || at <= cp.applies_every_event_through)
-                })
-                .map(|(e, _)| e.clone())
-                .collect();
+            let first = events.partition_point(|e| e.position.unwrap_or(0) <= cp.position);
+            let due = due_events(
+                &events[first..],
+                &written[first..],
+                cp.applies_every_event_through,
+            );
             if !due.is_empty() {
                 p.apply_batch(&mut tx, &due).await?;
             }
@@ -188,6 +188,32 @@ pub async fn run_once(pool: &PgPool, batch: i64) -> Result<Option<usize>, Projec
     }
     tx.commit().await?;
     Ok(Some((upto - from) as usize))
+}
+
+/// Of `events` (past a projection's checkpoint; `written[i]`: whether the i-th one's
+/// transaction wrote the read models), those it must apply: the unwritten ones, and
+/// every one up to `every_event_through`. Borrowed when that is all of them (the
+/// usual case: the read returns only those), copied only when some are left out.
+fn due_events<'a>(
+    events: &'a [EventRecord],
+    written: &[bool],
+    every_event_through: i64,
+) -> Cow<'a, [EventRecord]> {
+    let due = |(e, written): (&EventRecord, &bool)| {
+        !written || e.position.unwrap_or(0) <= every_event_through
+    };
+    if events.iter().zip(written).all(due) {
+        Cow::Borrowed(events)
+    } else {
+        Cow::Owned(
+            events
+                .iter()
+                .zip(written)
+                .filter(|&x| due(x))
+                .map(|(e, _)| e.clone())
+                .collect(),
+        )
+    }
 }
 
 /// Where a projection is in the log.
