@@ -5,7 +5,7 @@ use crate::routes;
 use axum::Router;
 use gigafactory_projections::EventRecord;
 use sqlx::PgPool;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -61,13 +61,14 @@ pub struct AppState {
     pub pool: PgPool,
     /// SHA-256 (hex) of the admin token, if one is configured.
     pub admin_token_hash: Option<String>,
-    /// Claim long polls wait on it. Each commit wakes one waiting claim, which hands
-    /// the wake-up on after its attempt (see `routes::leases::claim`): an idle fleet
-    /// does not stampede the database for every new job.
+    /// Claim long polls wait on it: a commit that may free work wakes one waiting
+    /// claim, which looks alone, then wakes the rest through [`Self::wake_the_rest`]
+    /// (see `routes::leases::claim`).
     pub wake: Arc<Notify>,
-    /// Counts commits seen (here or, through LISTEN, in other processes): a claim
-    /// that already looked since the last one passes no wake-up on.
-    pub commits: Arc<AtomicU64>,
+    /// Wakes every waiting claim at once; claims woken together are served together
+    /// (one transaction for many factories), so an idle fleet does not stampede the
+    /// database.
+    pub wake_the_rest: Arc<Notify>,
     /// Wakes the log worker (sequencer + projector).
     pub log_wake: Arc<Notify>,
     /// Woken after each log-worker round: new positions may be readable (streams).
@@ -101,7 +102,7 @@ impl AppState {
             pool,
             admin_token_hash,
             wake: Arc::new(Notify::new()),
-            commits: Arc::new(AtomicU64::new(0)),
+            wake_the_rest: Arc::new(Notify::new()),
             log_wake: Arc::new(Notify::new()),
             positioned: Arc::new(Notify::new()),
             notify_others: Arc::new(Notify::new()),
@@ -164,10 +165,9 @@ impl AppState {
         }
     }
 
-    /// Something may have become claimable or projectable: wake a waiting claim and
-    /// the log worker.
+    /// Something may have become claimable or projectable: wake a waiting claim
+    /// (which then wakes the rest) and the log worker.
     pub fn wake_all(&self) {
-        self.commits.fetch_add(1, Ordering::SeqCst);
         self.wake.notify_one();
         self.log_wake.notify_one();
     }

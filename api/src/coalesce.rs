@@ -13,6 +13,7 @@
 //! they need), so they end when the coalescer is dropped.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
@@ -25,6 +26,8 @@ struct Pending<I, O> {
 /// per input, in order).
 pub struct Coalescer<I, O> {
     queue: mpsc::UnboundedSender<Pending<I, O>>,
+    /// Batches served so far.
+    batches: Arc<AtomicU64>,
 }
 
 /// Why a coalesced call has no output.
@@ -49,9 +52,11 @@ impl<I: Send + 'static, O: Send + 'static> Coalescer<I, O> {
         let (queue, rx) = mpsc::unbounded_channel::<Pending<I, O>>();
         let rx = Arc::new(Mutex::new(rx));
         let serve = Arc::new(serve);
+        let batches = Arc::new(AtomicU64::new(0));
         for _ in 0..runners.max(1) {
             let rx = rx.clone();
             let serve = serve.clone();
+            let served_batches = batches.clone();
             tokio::spawn(async move {
                 loop {
                     // One runner at a time waits for the queue and takes what it holds.
@@ -88,6 +93,7 @@ impl<I: Send + 'static, O: Send + 'static> Coalescer<I, O> {
                     }
                     metrics::histogram!("gigafactory_coalesced_batch_size", "kind" => name)
                         .record(batch.len() as f64);
+                    served_batches.fetch_add(1, Ordering::Relaxed);
                     let (inputs, replies): (Vec<I>, Vec<oneshot::Sender<O>>) =
                         batch.into_iter().map(|p| (p.input, p.reply)).unzip();
                     // Its own task: a panic fails this batch (its callers see
@@ -107,7 +113,13 @@ impl<I: Send + 'static, O: Send + 'static> Coalescer<I, O> {
                 }
             });
         }
-        Self { queue }
+        Self { queue, batches }
+    }
+
+    /// How many batches have been served (begun) so far: what the requests cost in
+    /// set-based calls, for tests and diagnostics.
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
     }
 
     /// Queues `input` and waits for its output.
@@ -123,7 +135,7 @@ impl<I: Send + 'static, O: Send + 'static> Coalescer<I, O> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
     use std::time::Duration;
 
     #[tokio::test]
@@ -150,6 +162,11 @@ mod tests {
         }
         let n = batches.load(Ordering::SeqCst);
         assert!(n < 50 && n >= 1, "50 concurrent calls ran in {n} batches");
+        assert_eq!(
+            doubler.batches(),
+            n as u64,
+            "the coalescer counts what it served"
+        );
     }
 
     #[tokio::test]

@@ -79,6 +79,12 @@ impl Coalesced {
             .map_err(internal)?
     }
 
+    /// How many claim batches this process has served (each one transaction, more
+    /// only when some of its claims had to be tried again).
+    pub fn claim_batches(&self) -> u64 {
+        self.claims.get().map_or(0, Coalescer::batches)
+    }
+
     /// Runs one report (see [`execute_many_optimistic`]) together with the
     /// concurrent ones.
     pub async fn report(&self, call: ReportCall) -> Reported {

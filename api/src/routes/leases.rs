@@ -25,7 +25,6 @@ use gigafactory_domain::{FactoryId, JobId, ProductId};
 use rand::Rng;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -101,45 +100,47 @@ pub(super) async fn wait_for_claims(
         ));
     }
     let deadline = Instant::now() + Duration::from_millis(body.wait_ms);
-    // Wake-ups are handed from claim to claim: a commit wakes one waiting claim; one
-    // that finds a job passes the wake-up on (there may be more), one that finds
-    // nothing passes it on too (the job may be for another factory), unless it had
-    // already looked since the last commit — then every waiter has.
-    let mut looked_at: Option<u64> = None;
-    let mut handed_on = false;
+    // A commit that may free work wakes one waiting claim, which looks alone (an idle
+    // fleet's next job goes out in a transaction of one claim) and then wakes every
+    // other waiting claim at once: the job may be for another factory, or the commit
+    // brought more. Those are served together ([`claim::claim_jobs`]): a transaction
+    // or two for the whole idle fleet, one candidate read per profile, and they wake
+    // no one. (The wake-up used to be handed from claim to claim: one transaction
+    // per waiting factory, one after the other, for every new job.)
+    let mut first_to_wake = false;
     loop {
-        // Read the commit count, then register for wake-ups, then look: a commit in
-        // between is neither missed nor taken for one already looked at.
-        let commits = state.commits.load(Ordering::SeqCst);
-        let woken = state.wake.notified();
-        tokio::pin!(woken);
-        woken.as_mut().enable();
-        if !(handed_on && looked_at == Some(commits)) {
-            looked_at = Some(commits);
-            // Passes the wake-up on when this block ends — also if the request is
-            // dropped (client gone) in the middle of the attempt.
-            let mut hand_on = HandOn::new(state, handed_on);
-            let attempt_started = std::time::Instant::now();
-            let found = claim::claim_jobs(
-                state,
-                claim::ClaimRequest {
-                    factory_id,
-                    products: body.product_ids.clone(),
-                    weights: weights.clone(),
-                    ttl_secs: ttl,
-                    max,
-                },
-            )
-            .await;
-            metrics::histogram!("gigafactory_claim_duration_seconds")
-                .record(attempt_started.elapsed().as_secs_f64());
-            let found = found?;
-            if !found.is_empty() {
-                hand_on.arm();
-                metrics::counter!("gigafactory_claims_total", "outcome" => "granted")
-                    .increment(found.len() as u64);
-                return Ok(found);
-            }
+        // Register for wake-ups, then look: a commit while looking wakes this claim
+        // to look again, so none is missed.
+        let woken_first = state.wake.notified();
+        let woken_with_all = state.wake_the_rest.notified();
+        tokio::pin!(woken_first, woken_with_all);
+        woken_first.as_mut().enable();
+        woken_with_all.as_mut().enable();
+        // Wakes the rest when this block ends — also if the request is dropped
+        // (client gone) in the middle of the attempt.
+        let wake_the_rest = WakeTheRest {
+            state,
+            armed: first_to_wake,
+        };
+        let attempt_started = std::time::Instant::now();
+        let found = claim::claim_jobs(
+            state,
+            claim::ClaimRequest {
+                factory_id,
+                products: body.product_ids.clone(),
+                weights: weights.clone(),
+                ttl_secs: ttl,
+                max,
+            },
+        )
+        .await;
+        metrics::histogram!("gigafactory_claim_duration_seconds")
+            .record(attempt_started.elapsed().as_secs_f64());
+        let found = found?;
+        if !found.is_empty() {
+            metrics::counter!("gigafactory_claims_total", "outcome" => "granted")
+                .increment(found.len() as u64);
+            return Ok(found);
         }
         let now = Instant::now();
         if now >= deadline || state.shutdown.is_cancelled() {
@@ -147,35 +148,27 @@ pub(super) async fn wait_for_claims(
             return Ok(vec![]);
         }
         let nap = (deadline - now).min(RECHECK);
-        tokio::select! {
-            _ = woken => handed_on = true,
-            _ = tokio::time::sleep(nap) => handed_on = false,
+        drop(wake_the_rest);
+        first_to_wake = tokio::select! {
+            _ = woken_first => true,
+            _ = woken_with_all => false,
+            _ = tokio::time::sleep(nap) => false,
             _ = state.shutdown.cancelled() => return Ok(vec![]),
-        }
+        };
     }
 }
 
-/// Passes a claim wake-up on to the next waiting claim when dropped, if armed: when
-/// the claim was itself woken by a hand-off, or found a job (there may be more).
-struct HandOn<'a> {
+/// Wakes every waiting claim when dropped, if armed: the claim a commit woke first
+/// has looked.
+struct WakeTheRest<'a> {
     state: &'a AppState,
     armed: bool,
 }
 
-impl<'a> HandOn<'a> {
-    fn new(state: &'a AppState, armed: bool) -> Self {
-        Self { state, armed }
-    }
-
-    fn arm(&mut self) {
-        self.armed = true;
-    }
-}
-
-impl Drop for HandOn<'_> {
+impl Drop for WakeTheRest<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.state.wake.notify_one();
+            self.state.wake_the_rest.notify_waiters();
         }
     }
 }

@@ -166,9 +166,9 @@ async fn long_poll_answers_as_soon_as_a_job_arrives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wake_up_reaches_the_one_idle_factory_that_can_run_the_job() {
-    // Each commit wakes one waiting claim, which hands the wake-up on: a job only
-    // the last of many idle factories may run still reaches it at once (well before
-    // the 500 ms recheck), and a burst of jobs reaches as many factories.
+    // A commit wakes every waiting claim: a job only one of many idle factories may
+    // run reaches it at once (well before the 500 ms recheck), and a burst of jobs
+    // reaches as many factories.
     let app = spawn_app().await;
     let op = app.operator(&["p1"]).await;
     let mut plain = Vec::new();
@@ -204,7 +204,7 @@ async fn a_wake_up_reaches_the_one_idle_factory_that_can_run_the_job() {
     assert_eq!(gpu_r.body["job"]["title"], "gpu only");
     assert!(
         gpu_waited < Duration::from_millis(300 + 400),
-        "reached the gpu factory through the hand-offs, not the recheck: {gpu_waited:?}"
+        "reached the gpu factory through the wake-up, not the recheck: {gpu_waited:?}"
     );
     assert!(plain_rs.iter().all(|r| r.status == StatusCode::NO_CONTENT));
 
@@ -230,6 +230,51 @@ async fn a_wake_up_reaches_the_one_idle_factory_that_can_run_the_job() {
         burst_started.elapsed() < Duration::from_secs(3),
         "{:?}",
         burst_started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_job_wakes_an_idle_fleet_into_a_few_shared_claim_transactions() {
+    // Sixteen idle factories wait in long polls. One new job must cost a few claim
+    // transactions shared by all of them, not one per waiting factory (as when each
+    // woken claim handed the wake-up on to the next, one after the other).
+    let app = spawn_app().await;
+    let op = app.operator(&["p1"]).await;
+    let mut tokens = Vec::new();
+    for _ in 0..16 {
+        tokens.push(app.enroll(&op, &["p1"], &[], 1).await.1);
+    }
+    let polls = join_all(tokens.iter().map(|t| {
+        let app = &app;
+        async move { app.post("/fleet/claim", t, json!({"waitMs": 1500})).await }
+    }));
+    let observe = async {
+        // Every factory has looked once and now waits: no claim batch for 100 ms.
+        let mut before = app.state.coalesced.claim_batches();
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = app.state.coalesced.claim_batches();
+            if now == before && now > 0 {
+                break;
+            }
+            before = now;
+        }
+        app.submit(&op, json!({"productId": "p1", "title": "one"}))
+            .await;
+        // Long enough for sixteen claims one after the other; shorter than the
+        // 500 ms recheck of the woken claims.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        app.state.coalesced.claim_batches() - before
+    };
+    let (answers, batches) = tokio::join!(polls, observe);
+    let granted = answers
+        .iter()
+        .filter(|r| r.status == StatusCode::OK)
+        .count();
+    assert_eq!(granted, 1, "one job, one lease");
+    assert!(
+        (1..=6).contains(&batches),
+        "one job for 16 waiting factories took {batches} claim batches"
     );
 }
 
