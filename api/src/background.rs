@@ -45,15 +45,46 @@ async fn maintainer(state: AppState) {
     }
 }
 
+/// How long the notifier trusts what it last saw of the other processes.
+const OTHERS_CHECKED_EVERY: Duration = Duration::from_secs(1);
+
 /// Tells the other processes about commits, one NOTIFY for however many commits
-/// happened while the previous one was being sent.
+/// happened while the previous one was being sent — and none while no other
+/// Gigafactory process is connected to the database (looked up at most once per
+/// [`OTHERS_CHECKED_EVERY`]): a NOTIFY is a transaction with its own commit (a WAL
+/// flush), and a lone process's come back only to be ignored. A process that
+/// connects meanwhile misses at most that long of wake-ups; its long polls and log
+/// worker look on their own timers anyway, and it looks once when it starts
+/// listening.
 async fn notifier(state: AppState) {
+    let own_name = crate::db::pool_name(&state.pool);
+    let mut others: Option<(tokio::time::Instant, bool)> = None;
     loop {
         tokio::select! {
             _ = state.notify_others.notified() => {}
             _ = state.shutdown.cancelled() => return,
         }
         let payload = state.notify_payload();
+        let stale = others.is_none_or(|(at, _)| at.elapsed() >= OTHERS_CHECKED_EVERY);
+        if stale {
+            let present = match gigafactory_projections::log::others_connected(
+                &state.pool,
+                &own_name,
+            )
+            .await
+            {
+                Ok(present) => present,
+                // Unsure: tell them.
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not look for other processes");
+                    true
+                }
+            };
+            others = Some((tokio::time::Instant::now(), present));
+        }
+        if others.is_some_and(|(_, present)| !present) {
+            continue;
+        }
         if let Err(e) = gigafactory_projections::log::notify_committed(&state.pool, &payload).await
         {
             tracing::warn!(error = %e, "could not notify the other processes; trying again");

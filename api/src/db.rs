@@ -13,8 +13,10 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 /// HikariCP's bypass window, 500 ms there).
 pub const CHECK_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
-/// A pool whose connections name this process (`gigafactory-<pid>`), so a process
-/// can tell its own sessions from other `serve` processes' on a shared server.
+/// A pool whose connections carry one name of their own (`gigafactory-<pid>-<random>`,
+/// [`pool_name`]), so a process can tell its own sessions from other `serve`
+/// processes' on a shared server — across hosts too, where pids repeat (every
+/// container's first process is pid 1).
 /// JIT is off: our statements are short, and a plan misestimated past
 /// `jit_above_cost` (a table not yet analysed) spent 100+ ms compiling.
 /// Prepared statements keep their generic plan (`plan_cache_mode`): with the default,
@@ -31,7 +33,11 @@ pub const CHECK_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 /// (`503`) and is dropped; the pool opens a fresh one.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     let options = PgConnectOptions::from_str(url)?
-        .application_name(&format!("gigafactory-{}", std::process::id()))
+        .application_name(&format!(
+            "{}{:08x}",
+            process_prefix(),
+            rand::random::<u32>()
+        ))
         .options([("jit", "off"), ("plan_cache_mode", "force_generic_plan")]);
     PgPoolOptions::new()
         .max_connections(max_connections)
@@ -49,6 +55,19 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
         })
         .connect_with(options)
         .await
+}
+
+/// What every pool of this process names its connections with: `gigafactory-<pid>-`.
+pub fn process_prefix() -> String {
+    format!("gigafactory-{}-", std::process::id())
+}
+
+/// The name the connections of `pool` carry (`application_name`).
+pub fn pool_name(pool: &PgPool) -> String {
+    pool.connect_options()
+        .get_application_name()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Applies pending migrations (sqlx takes an advisory lock: several processes may

@@ -188,9 +188,9 @@ impl EmbeddedPostgres {
             let url = format!("postgres:///postgres?host={}&port={PORT}&user=postgres", self.base.display());
             let pool = crate::db::connect(&url, 1).await?;
             let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'gigafactory-%' AND application_name <> $1",
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'gigafactory-%' AND application_name NOT LIKE $1 || '%'",
             )
-            .bind(format!("gigafactory-{}", std::process::id()))
+            .bind(crate::db::process_prefix())
             .fetch_one(&pool)
             .await?;
             pool.close().await;

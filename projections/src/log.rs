@@ -319,6 +319,21 @@ pub async fn notify_committed(pool: &PgPool, payload: &str) -> Result<(), sqlx::
     Ok(())
 }
 
+/// Whether a session other than `own_name`'s pool is connected to this database as
+/// a Gigafactory process (`application_name` `gigafactory-…`): someone who may be
+/// listening for [`notify_committed`].
+pub async fn others_connected(pool: &PgPool, own_name: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                        WHERE datname = current_database()
+                          AND application_name LIKE 'gigafactory-%'
+                          AND application_name <> $1)",
+    )
+    .bind(own_name)
+    .fetch_one(pool)
+    .await
+}
+
 /// Loads several aggregates of type `A` in one query (a batch command holds all
 /// their stream locks). A stream with no events comes back as `A::default()`.
 pub async fn load_many<A: Aggregate>(

@@ -166,6 +166,50 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<Message>) -> Message {
 }
 
 #[tokio::test]
+async fn a_lone_process_sends_no_notify_and_a_second_one_is_told() {
+    // A NOTIFY is a transaction with its own commit: a process alone on its database
+    // sends none. Once another Gigafactory process connects, it is told about
+    // commits (within the notifier's one-second look at who is connected).
+    let app = spawn_app().await;
+    let op = app.operator(&["p1"]).await;
+    // Listening as no Gigafactory process (no `gigafactory-` application name).
+    let mut heard = sqlx::postgres::PgListener::connect(&app.db.url)
+        .await
+        .unwrap();
+    heard
+        .listen(gigafactory_projections::log::EVENTS_CHANNEL)
+        .await
+        .unwrap();
+    let ours = |n: &sqlx::postgres::PgNotification| {
+        n.payload().starts_with(&format!("{}:", app.state.instance))
+    };
+    app.submit(&op, json!({"productId": "p1", "title": "alone"}))
+        .await;
+    let alone = tokio::time::timeout(Duration::from_millis(1500), heard.recv()).await;
+    assert!(alone.is_err(), "a lone process notified: {alone:?}");
+
+    let _other = spawn_app_on(app.db.clone()).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    app.submit(&op, json!({"productId": "p1", "title": "with company"}))
+        .await;
+    let told = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let n = heard.recv().await.unwrap();
+            if ours(&n) {
+                return n;
+            }
+        }
+    })
+    .await
+    .expect("the first process notified once a second one was connected");
+    assert!(
+        told.payload().ends_with(":claims"),
+        "a new job wakes claims: {}",
+        told.payload()
+    );
+}
+
+#[tokio::test]
 async fn the_stream_is_ordered_scoped_resumable_and_spans_processes() {
     let app = spawn_app().await;
     let other = spawn_app_on(app.db.clone()).await;
