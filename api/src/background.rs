@@ -135,8 +135,16 @@ async fn listen(state: AppState) {
 /// Gives positions to committed events and projects them, whenever woken.
 async fn log_worker(state: AppState) {
     let mut lag_measured = tokio::time::Instant::now() - LAG_GAUGE_EVERY;
+    let mut projected_at = tokio::time::Instant::now() - PROJECT_AT_MOST_EVERY;
     loop {
-        if let Err(e) = catch_up(&state).await {
+        // The projector's pass is a transaction of its own, and on the command path
+        // it finds nothing to apply (every command writes its read models): it runs
+        // at most every `PROJECT_AT_MOST_EVERY`, the sequencer on every wake-up.
+        let project = projected_at.elapsed() >= PROJECT_AT_MOST_EVERY;
+        if project {
+            projected_at = tokio::time::Instant::now();
+        }
+        if let Err(e) = catch_up_with(&state, project).await {
             tracing::warn!(error = %e, "log worker failed a round");
         }
         state.positioned.notify_waiters();
@@ -146,9 +154,15 @@ async fn log_worker(state: AppState) {
                 tracing::debug!(error = %e, "projection lag not measured");
             }
         }
+        // A pass that left the projector out comes back for it when it is due.
+        let tick = if project {
+            LOG_TICK
+        } else {
+            PROJECT_AT_MOST_EVERY.saturating_sub(projected_at.elapsed())
+        };
         tokio::select! {
             _ = state.log_wake.notified() => {}
-            _ = tokio::time::sleep(LOG_TICK) => {}
+            _ = tokio::time::sleep(tick) => {}
             _ = state.shutdown.cancelled() => return,
         }
         // The claims the same commit woke go first (see `LOG_PASS_AFTER_WAKE`).
@@ -168,6 +182,11 @@ async fn log_worker(state: AppState) {
 /// load a pass takes in the commits of the wait too.
 const LOG_PASS_AFTER_WAKE: Duration = Duration::from_millis(3);
 
+/// How often, at most, the log worker runs the projector. Only events whose own
+/// transaction did not write their read models (tools, tests: `log::append`) wait
+/// for it; the checkpoints move on with it.
+const PROJECT_AT_MOST_EVERY: Duration = Duration::from_millis(50);
+
 /// Most events one sequencer call positions.
 const SEQUENCER_BATCH: i32 = 1000;
 /// Most events one projector transaction applies.
@@ -180,12 +199,23 @@ const PROJECTOR_BATCH: i64 = 500;
 /// meanwhile wakes the log worker again. (Each statement of a round waits its turn
 /// for a CPU under load, so a round's statements are its latency.)
 pub async fn catch_up(state: &AppState) -> Result<(), anyhow::Error> {
+    catch_up_with(state, true).await
+}
+
+/// [`catch_up`], with the projector only if `project`.
+async fn catch_up_with(state: &AppState, project: bool) -> Result<(), anyhow::Error> {
     loop {
         let given = assign_positions(&state.pool, SEQUENCER_BATCH).await?;
         if given > 0 {
             // Streams read the log, not the read models (which every command wrote in
             // its own transaction): new positions are readable now.
             state.positioned.notify_waiters();
+        }
+        if !project {
+            if given >= i64::from(SEQUENCER_BATCH) {
+                continue;
+            }
+            return Ok(());
         }
         let mut projected = 0;
         let mut busy = false;
