@@ -420,6 +420,31 @@ async fn the_projector_passes_over_events_whose_own_transaction_wrote_their_read
     assert!(position_of(&app, &stream).await <= Some(low));
 }
 
+#[tokio::test]
+async fn the_log_worker_projects_what_commands_did_not_though_it_projects_at_most_every_50_ms() {
+    // The log worker runs the projector at most every 50 ms: an event appended right
+    // after a pass that projected (left to the projector, as tools append) is still
+    // applied by the worker on its own, with no one calling `settle`.
+    let app = spawn_app().await;
+    let op = app.operator(&["p1"]).await;
+    app.submit(&op, json!({"productId": "p1", "title": "by the command"}))
+        .await;
+    let (_, row) = submitted("by the worker");
+    let mut tx = app.pool.begin().await.unwrap();
+    append(&mut tx, &[row]).await.unwrap();
+    tx.commit().await.unwrap();
+    app.state.wake_all();
+    let started = std::time::Instant::now();
+    while titles(&app).await != ["by the command", "by the worker"] {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "the worker never projected it: {:?}",
+            titles(&app).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// A projection that did not exist when the command path wrote its events' read
 /// models (its checkpoint is created later) applies every event up to the log's head
 /// then, the ones the command path wrote included.
