@@ -413,41 +413,7 @@ pub async fn candidates(
     now: DateTime<Utc>,
     per_set: i64,
 ) -> Result<CandidateSet, ProjectionError> {
-    // `= '{}' OR`: the planner estimates `<@` far too selective (and would sort a
-    // sequential scan); most jobs need no capability, which the statistics know.
-    let filters = "j.stage = 'queued'
-           AND (j.required_capabilities = '{}' OR j.required_capabilities <@ $2)
-           AND (j.available_at IS NULL OR j.available_at <= $3)
-           AND (j.nominated_until IS NULL OR j.nominated_until <= $3 OR j.nominated_factory_id = ANY($5))";
-    let columns = "j.job_id, j.product_id, j.priority, j.created_at, j.required_capabilities,
-                   j.affinity_factory_id,
-                   CASE WHEN j.nominated_until > $3 THEN j.nominated_factory_id END AS nominated_for";
-    let per_product = |order: &str| {
-        format!(
-            "SELECT c.* FROM unnest($1::text[]) AS p(product_id) CROSS JOIN LATERAL (
-                 SELECT {columns} FROM job_view j
-                 WHERE j.product_id = p.product_id AND {filters}
-                 ORDER BY {order} LIMIT $4) AS c"
-        )
-    };
-    let sql = format!(
-        "WITH candidate AS (({}) UNION ALL ({}) UNION ALL (
-             SELECT {columns} FROM job_view j
-             WHERE j.affinity_factory_id = ANY($5) AND j.product_id = ANY($1) AND {filters}
-             ORDER BY j.created_at, j.job_id LIMIT $4)),
-         running AS (
-             SELECT j.product_id, count(*) AS n FROM job_view j
-             WHERE j.lease_factory_id IS NOT NULL
-               AND j.product_id IN (SELECT product_id FROM candidate)
-             GROUP BY j.product_id)
-         SELECT candidate.*, running.n AS running, s.weights
-         FROM candidate
-         LEFT JOIN running USING (product_id)
-         LEFT JOIN product_settings_view s USING (product_id)",
-        per_product("j.priority_rank, j.created_at, j.job_id"),
-        per_product("j.created_at, j.job_id"),
-    );
-    let rows = sqlx::query(&sql)
+    let rows = sqlx::query(candidates_sql())
         .bind(products)
         .bind(capabilities)
         .bind(now)
@@ -482,6 +448,53 @@ pub async fn candidates(
         });
     }
     Ok(set)
+}
+
+/// The statement [`candidates`] runs: `$1` products, `$2` the capabilities, `$3` now,
+/// `$4` rows per set, `$5` the factories (public so that a test can plan it). Built
+/// once per process.
+pub fn candidates_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(build_candidates_sql)
+}
+
+fn build_candidates_sql() -> String {
+    // `= '{}' OR`: the planner estimates `<@` far too selective (and would sort a
+    // sequential scan); most jobs need no capability, which the statistics know.
+    let filters = "j.stage = 'queued'
+           AND (j.required_capabilities = '{}' OR j.required_capabilities <@ $2)
+           AND (j.available_at IS NULL OR j.available_at <= $3)
+           AND (j.nominated_until IS NULL OR j.nominated_until <= $3 OR j.nominated_factory_id = ANY($5))";
+    let columns = "j.job_id, j.product_id, j.priority, j.created_at, j.required_capabilities,
+                   j.affinity_factory_id,
+                   CASE WHEN j.nominated_until > $3 THEN j.nominated_factory_id END AS nominated_for";
+    let per_product = |order: &str| {
+        format!(
+            "SELECT c.* FROM unnest($1::text[]) AS p(product_id) CROSS JOIN LATERAL (
+                 SELECT {columns} FROM job_view j
+                 WHERE j.product_id = p.product_id AND {filters}
+                 ORDER BY {order} LIMIT $4) AS c"
+        )
+    };
+    format!(
+        "WITH candidate AS (({}) UNION ALL ({}) UNION ALL (
+             SELECT {columns} FROM job_view j
+             WHERE j.affinity_factory_id = ANY($5) AND j.product_id = ANY($1) AND {filters}
+             ORDER BY j.created_at, j.job_id LIMIT $4)),
+         running AS (
+             SELECT j.product_id, count(*) AS n FROM job_view j
+             WHERE j.lease_factory_id IS NOT NULL
+               AND j.product_id IN (SELECT product_id FROM candidate)
+             GROUP BY j.product_id)
+         SELECT candidate.*, running.n AS running, s.weights
+         FROM candidate
+         LEFT JOIN running USING (product_id)
+         LEFT JOIN product_settings_view s USING (product_id)",
+        per_product("j.priority_rank, j.created_at, j.job_id"),
+        // Ids descending among equal ages: only the queue index delivers this order
+        // (migration 16), so a generic plan never walks `job_view_product` instead.
+        per_product("j.created_at, j.job_id DESC"),
+    )
 }
 
 /// A lease as the fleet map shows it.

@@ -203,3 +203,84 @@ async fn a_starving_low_priority_job_eventually_wins_through_the_claim_path() {
         "it waited behind the higher ones first (won at round {round})"
     );
 }
+
+/// The plan of the claim's candidate read on `conn` (a generic plan, as the server's
+/// connections keep), as EXPLAIN's text.
+async fn candidate_plan(conn: &mut sqlx::PgConnection) -> String {
+    sqlx::raw_sql(&format!(
+        "PREPARE gf_candidates(text[], text[], timestamptz, bigint, uuid[]) AS {}",
+        gigafactory_projections::jobs::candidates_sql()
+    ))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let lines: Vec<String> =
+        sqlx::query_scalar("EXPLAIN EXECUTE gf_candidates('{p}', '{}', now(), 48, '{}')")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+    sqlx::raw_sql("DEALLOCATE gf_candidates")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    lines.join("\n")
+}
+
+/// After a large submit the statistics say nearly every job is queued, and a plan
+/// made then is kept (generic plans) while the queue drains. The oldest-first
+/// candidate set must still come from the queue index: `job_view_product` (all of a
+/// product's jobs) walked from the oldest would step over every finished job on
+/// each claim. No other index delivers the set's order, so without the queue index
+/// the plan has to sort — the planner cannot tie the two on cost.
+#[tokio::test]
+async fn the_oldest_first_candidate_set_comes_from_the_queue_index_only() {
+    let db = gigafactory_tests::TestDb::create().await;
+    let pool = db.pool(1).await;
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query(
+        "INSERT INTO job_view (job_id, product_id, title, stage, priority, priority_rank,
+             required_capabilities, attempts, max_attempts, created_at, updated_at, version, state)
+         SELECT gen_random_uuid(), 'p', 'job ' || i, 'queued', 'normal', 2, '{}', 0, 3,
+                now() - interval '1 hour' + i * interval '1 ms', now(), 1, '{}'
+         FROM generate_series(1, 5000) i",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE job_view")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    // The drain: the oldest nine in ten are done (the statistics still say queued).
+    sqlx::query(
+        "UPDATE job_view SET stage = 'succeeded'
+         WHERE job_id IN (SELECT job_id FROM job_view ORDER BY created_at LIMIT 4500)",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+
+    let plan = candidate_plan(&mut conn).await;
+    assert!(
+        plan.contains("job_view_queued_product_age"),
+        "the oldest-first set reads the queue index:\n{plan}"
+    );
+    assert!(!plan.contains("job_view_product "), "{plan}");
+
+    // Without the queue index, the product index serves only with a sort on top.
+    sqlx::raw_sql("BEGIN; DROP INDEX job_view_queued_product_age")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let fallback = candidate_plan(&mut conn).await;
+    sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.unwrap();
+    let product_scan = fallback
+        .lines()
+        .position(|l| l.contains("job_view_product "))
+        .unwrap_or_else(|| panic!("the product index is the other way to the order:\n{fallback}"));
+    let above: Vec<&str> = fallback.lines().take(product_scan).collect();
+    assert!(
+        above.iter().rev().take(3).any(|l| l.contains("Sort")),
+        "the product index does not deliver the set's order by itself:\n{fallback}"
+    );
+}
