@@ -237,23 +237,16 @@ async fn the_oldest_first_candidate_set_comes_from_the_queue_index_only() {
     let db = gigafactory_tests::TestDb::create().await;
     let pool = db.pool(1).await;
     let mut conn = pool.acquire().await.unwrap();
-    sqlx::query(
+    // A large submit, analysed; then the drain: the oldest nine in ten are done (the
+    // statistics still say queued).
+    sqlx::raw_sql(
         "INSERT INTO job_view (job_id, product_id, title, stage, priority, priority_rank,
              required_capabilities, attempts, max_attempts, created_at, updated_at, version, state)
          SELECT gen_random_uuid(), 'p', 'job ' || i, 'queued', 'normal', 2, '{}', 0, 3,
                 now() - interval '1 hour' + i * interval '1 ms', now(), 1, '{}'
-         FROM generate_series(1, 5000) i",
-    )
-    .execute(&mut *conn)
-    .await
-    .unwrap();
-    sqlx::query("ANALYZE job_view")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    // The drain: the oldest nine in ten are done (the statistics still say queued).
-    sqlx::query(
-        "UPDATE job_view SET stage = 'succeeded'
+         FROM generate_series(1, 5000) i;
+         ANALYZE job_view;
+         UPDATE job_view SET stage = 'succeeded'
          WHERE job_id IN (SELECT job_id FROM job_view ORDER BY created_at LIMIT 4500)",
     )
     .execute(&mut *conn)
