@@ -16,18 +16,21 @@
 //! second lease. A lone claim is the same with one factory.
 
 use crate::app::AppState;
-use crate::commands::{conflict_pause, decide_loaded, stream_lock_key, ExecError, Executed};
+use crate::commands::{
+    conflict_pause, decide_loaded, preview, stream_lock_key, ExecError, Executed,
+};
 use crate::error::ApiError;
 use crate::scheduling::{rank_for_factories, Pick, CANDIDATES_PER_SET};
 use chrono::{DateTime, Utc};
 use gigafactory_domain::job::{Job, JobCommand};
 use gigafactory_domain::scheduler::{Breakdown, JobCandidate, WeightOverrides};
 use gigafactory_domain::{FactoryId, RunId};
-use gigafactory_projections::factories;
 use gigafactory_projections::turns::{self, Turn};
 use gigafactory_projections::EventRecord;
+use gigafactory_projections::{factories, jobs};
 use sqlx::Row;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use uuid::Uuid;
 
 const MAX_CLAIM_RETRIES: usize = 20;
@@ -42,7 +45,8 @@ pub struct Claimed {
 }
 
 /// One factory's claim: up to `max` jobs (never more than its free capacity) of
-/// `products` (all it serves when `None`), ranked with `weights` over the stored.
+/// `products` (all it serves when `None`), ranked with `weights` over the stored;
+/// first, if `finish` is given, a report on a job the factory holds.
 #[derive(Debug, Clone)]
 pub struct ClaimRequest {
     pub factory_id: FactoryId,
@@ -50,26 +54,80 @@ pub struct ClaimRequest {
     pub weights: Option<WeightOverrides>,
     pub ttl_secs: u32,
     pub max: usize,
+    pub finish: Option<Finish>,
+}
+
+/// A report a claim makes first, in the claim's own transaction
+/// (`POST /fleet/jobs/:id/report-and-claim`): decided on the job read model as a
+/// lone report is, appended by the statement that appends the grants, durable with
+/// them in one commit. A report that ends the run frees the slot the claim fills.
+#[derive(Clone)]
+pub struct Finish {
+    /// The reported job's stream.
+    pub stream: String,
+    /// The report at the transaction's clock.
+    pub command: Arc<dyn Fn(DateTime<Utc>) -> JobCommand + Send + Sync>,
+}
+
+impl std::fmt::Debug for Finish {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Finish")
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a claim came to: the report it carried, if any (committed), and the leases.
+#[derive(Debug, Default)]
+pub struct Granted {
+    pub finished: Option<Executed<Job>>,
+    pub claimed: Vec<Claimed>,
+}
+
+impl std::fmt::Debug for Claimed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claimed")
+            .field("job_id", &self.job.spec.as_ref().map(|s| s.job_id))
+            .field("score", &self.breakdown.total)
+            .finish()
+    }
 }
 
 /// One attempt to claim up to `max` jobs (never more than the factory's free
 /// capacity), without waiting; empty: nothing claimable now. All the leases are
 /// granted in one transaction — one `LeaseGranted` per job, one commit — from one
 /// ranking: the best-ranked jobs no other claimer holds. Served together with the
-/// concurrent claims of this process ([`claim_together`]).
-pub async fn claim_jobs(state: &AppState, request: ClaimRequest) -> Result<Vec<Claimed>, ApiError> {
+/// concurrent claims of this process ([`serve_claims`]). An error: nothing of this
+/// request was appended (its report refused, or the transaction failed).
+pub async fn claim_jobs(state: &AppState, request: ClaimRequest) -> Result<Granted, ApiError> {
     state.coalesced.claim(state, request).await
 }
 
-/// Serves concurrent claims (see the module): one outcome per request, in order.
-/// Requests of one factory take turns (one per transaction); a request whose picks
-/// other claimers took meanwhile is tried again.
+/// [`serve_claims`], answering the leases only (the requests carry no reports).
 pub async fn claim_together(
     state: &AppState,
     requests: &[ClaimRequest],
 ) -> Vec<Result<Vec<Claimed>, ApiError>> {
+    serve_claims(state, requests)
+        .await
+        .into_iter()
+        .map(|g| g.map(|g| g.claimed))
+        .collect()
+}
+
+/// Serves concurrent claims (see the module): one outcome per request, in order.
+/// Requests of one factory take turns (one per transaction); a request whose picks
+/// other claimers took meanwhile is tried again (without its report once that is
+/// committed).
+pub async fn serve_claims(
+    state: &AppState,
+    requests: &[ClaimRequest],
+) -> Vec<Result<Granted, ApiError>> {
     let mut out: Vec<Option<Result<Vec<Claimed>, ApiError>>> =
         requests.iter().map(|_| None).collect();
+    let mut finished: Vec<Option<Executed<Job>>> = requests.iter().map(|_| None).collect();
+    // Whose report is still to make.
+    let mut reporting: Vec<bool> = requests.iter().map(|r| r.finish.is_some()).collect();
     let mut attempts = vec![0usize; requests.len()];
     let mut pending: Vec<usize> = (0..requests.len()).collect();
     while !pending.is_empty() {
@@ -78,13 +136,22 @@ pub async fn claim_together(
             .into_iter()
             .partition(|&i| factories.insert(requests[i].factory_id));
         let mut again = Vec::new();
-        match claim_round(state, requests, &round).await {
+        match claim_round(state, requests, &round, &reporting).await {
             Ok(outcomes) => {
-                for (&i, outcome) in round.iter().zip(outcomes) {
+                for (&i, (outcome, report)) in round.iter().zip(outcomes) {
+                    if let Some(done) = report {
+                        finished[i] = Some(done);
+                        reporting[i] = false;
+                    }
                     match outcome {
                         Round::Done(claimed) => out[i] = Some(Ok(claimed)),
                         Round::Refused(e) => out[i] = Some(Err(e)),
                         Round::Contended if attempts[i] + 1 < MAX_CLAIM_RETRIES => again.push(i),
+                        Round::Contended if reporting[i] => {
+                            out[i] = Some(Err(ApiError::Conflict(
+                                "the job changed while the report was made; nothing was appended, send it again".into(),
+                            )))
+                        }
                         Round::Contended => out[i] = Some(Ok(vec![])),
                     }
                 }
@@ -107,7 +174,21 @@ pub async fn claim_together(
         pending = later.into_iter().chain(again).collect();
     }
     out.into_iter()
-        .map(|o| o.expect("every claim ran"))
+        .zip(finished)
+        .map(
+            |(o, finished)| match (o.expect("every claim ran"), finished) {
+                (Ok(claimed), finished) => Ok(Granted { finished, claimed }),
+                // The report is committed: the claim after it failed; answer the report.
+                (Err(e), Some(finished)) => {
+                    tracing::warn!(error = %e, "a claim after its committed report failed");
+                    Ok(Granted {
+                        finished: Some(finished),
+                        claimed: vec![],
+                    })
+                }
+                (Err(e), None) => Err(e),
+            },
+        )
         .collect()
 }
 
@@ -131,16 +212,28 @@ struct Seeker<'a> {
     nominated: Option<Uuid>,
 }
 
+/// A report a request of the round makes first, accepted on the job as read.
+struct Reporting {
+    /// Its index in the round.
+    at: usize,
+    stream: String,
+    command: JobCommand,
+    job: Job,
+}
+
 /// What factories share a candidate read by: products, capabilities (sorted), the
 /// request's weights (as JSON).
 type Profile = (Vec<String>, Vec<String>, String);
 
-/// One transaction serving `round` (indexes into `requests`, distinct factories).
+/// One transaction serving `round` (indexes into `requests`, distinct factories),
+/// making the reports of those whose `reporting` is set: per request its outcome
+/// and its report, if one was committed.
 async fn claim_round(
     state: &AppState,
     requests: &[ClaimRequest],
     round: &[usize],
-) -> Result<Vec<Round>, ApiError> {
+    reporting: &[bool],
+) -> Result<Vec<(Round, Option<Executed<Job>>)>, ApiError> {
     let ids: Vec<Uuid> = round.iter().map(|&i| requests[i].factory_id.0).collect();
     let keys: Vec<String> = ids
         .iter()
@@ -149,9 +242,25 @@ async fn claim_round(
     // BEGIN and every factory's claims lock (in one global order) in one round trip.
     let mut tx = turns::begin(&state.pool, &Turn::of_all(&keys)).await?;
     let mut claiming = factories::for_claim_many(&mut tx, &ids, state.clock.offset_ms()).await?;
+    let finishing = |i: usize| requests[i].finish.as_ref().filter(|_| reporting[i]);
+    // The reported jobs as the read model has them (a lone report decides on the same;
+    // the events' key refuses the append if a stream moved since).
+    let report_ids: Vec<Uuid> = round
+        .iter()
+        .filter_map(|&i| finishing(i))
+        .map(|f| jobs::job_id_of(&f.stream))
+        .collect();
+    let mut report_jobs = if report_ids.is_empty() {
+        HashMap::new()
+    } else {
+        jobs::states_at_clock(&mut tx, &report_ids, state.clock.offset_ms())
+            .await?
+            .1
+    };
     let mut outcomes: Vec<Option<Round>> = round.iter().map(|_| None).collect();
     let mut now: Option<DateTime<Utc>> = None;
     let mut seekers = Vec::new();
+    let mut reports: Vec<Reporting> = Vec::new();
     for (at, &i) in round.iter().enumerate() {
         let request = &requests[i];
         let Some(c) = claiming
@@ -162,6 +271,32 @@ async fn claim_round(
             continue;
         };
         now = Some(c.now);
+        let mut freed = 0;
+        if let Some(finish) = finishing(i) {
+            let Some(job) = report_jobs.remove(&jobs::job_id_of(&finish.stream)) else {
+                outcomes[at] = Some(Round::Refused(ApiError::NotFound("job")));
+                continue;
+            };
+            let command = (finish.command)(c.now);
+            match preview(&job, command.clone()).await {
+                Err(refused) => {
+                    outcomes[at] = Some(Round::Refused(ApiError::from(refused)));
+                    continue;
+                }
+                Ok(after) => {
+                    // Accepted, so the lease it ends was this factory's and live.
+                    if job.lease.is_some() && after.lease.is_none() {
+                        freed = 1;
+                    }
+                    reports.push(Reporting {
+                        at,
+                        stream: finish.stream.clone(),
+                        command,
+                        job,
+                    });
+                }
+            }
+        }
         let products: Vec<String> = c
             .factory
             .product_ids
@@ -169,7 +304,7 @@ async fn claim_round(
             .filter(|p| request.products.as_ref().is_none_or(|r| r.contains(p)))
             .cloned()
             .collect();
-        let free = (i64::from(c.factory.capacity) - c.live_leases).max(0) as usize;
+        let free = (i64::from(c.factory.capacity) - c.live_leases + freed).max(0) as usize;
         let want = free.min(request.max);
         if products.is_empty() || want == 0 {
             outcomes[at] = Some(Round::Done(vec![]));
@@ -184,45 +319,49 @@ async fn claim_round(
             nominated: c.nominated,
         });
     }
-    let Some(now) = now.filter(|_| !seekers.is_empty()) else {
-        tx.rollback().await?;
-        return Ok(outcomes.into_iter().map(|o| o.expect("decided")).collect());
-    };
-    // Factories of one profile share a candidate read.
-    let mut profiles: BTreeMap<Profile, Vec<&Seeker>> = BTreeMap::new();
-    for s in &seekers {
-        let mut capabilities = s.capabilities.clone();
-        capabilities.sort();
-        let weights = serde_json::to_string(&s.request.weights).unwrap_or_default();
-        profiles
-            .entry((s.products.clone(), capabilities, weights))
-            .or_default()
-            .push(s);
-    }
     let mut dealt = Dealt::default();
-    for group in profiles.values() {
-        let first = group[0];
-        let factory_ids: Vec<FactoryId> = group.iter().map(|s| s.request.factory_id).collect();
-        let total: usize = group.iter().map(|s| s.want).sum();
-        let mut rankings = rank_for_factories(
-            &mut tx,
-            &factory_ids,
-            &first.capabilities,
-            &first.products,
-            first.request.weights.as_ref(),
-            now,
-            candidates_per_set(total),
-        )
-        .await?;
-        for (s, ranked) in group.iter().zip(rankings.iter_mut()) {
-            if let Some(job) = s.nominated {
-                // A slot freed by a preemption is for the critical job only.
-                ranked.retain(|r| r.job.job_id.0 == job);
-            }
+    if let Some(now) = now.filter(|_| !seekers.is_empty()) {
+        // Factories of one profile share a candidate read.
+        let mut profiles: BTreeMap<Profile, Vec<&Seeker>> = BTreeMap::new();
+        for s in &seekers {
+            let mut capabilities = s.capabilities.clone();
+            capabilities.sort();
+            let weights = serde_json::to_string(&s.request.weights).unwrap_or_default();
+            profiles
+                .entry((s.products.clone(), capabilities, weights))
+                .or_default()
+                .push(s);
         }
-        dealt.deal(&mut tx, group, rankings).await?;
+        for group in profiles.values() {
+            let first = group[0];
+            let factory_ids: Vec<FactoryId> = group.iter().map(|s| s.request.factory_id).collect();
+            let total: usize = group.iter().map(|s| s.want).sum();
+            let mut rankings = rank_for_factories(
+                &mut tx,
+                &factory_ids,
+                &first.capabilities,
+                &first.products,
+                first.request.weights.as_ref(),
+                now,
+                candidates_per_set(total),
+            )
+            .await?;
+            for (s, ranked) in group.iter().zip(rankings.iter_mut()) {
+                if let Some(job) = s.nominated {
+                    // A slot freed by a preemption is for the critical job only.
+                    ranked.retain(|r| r.job.job_id.0 == job);
+                }
+            }
+            dealt.deal(&mut tx, group, rankings).await?;
+        }
     }
-    if dealt.grants.is_empty() {
+    let decided_of = |outcomes: Vec<Option<Round>>| -> Vec<(Round, Option<Executed<Job>>)> {
+        outcomes
+            .into_iter()
+            .map(|o| (o.expect("decided"), None))
+            .collect()
+    };
+    let Some(now) = now.filter(|_| !(dealt.grants.is_empty() && reports.is_empty())) else {
         tx.rollback().await?;
         for s in &seekers {
             outcomes[s.at] = Some(if dealt.raced.contains(&s.at) {
@@ -231,36 +370,52 @@ async fn claim_round(
                 Round::Done(vec![])
             });
         }
-        return Ok(outcomes.into_iter().map(|o| o.expect("decided")).collect());
+        return Ok(decided_of(outcomes));
+    };
+    // The reports first, then the grants: one statement appends them all.
+    let mut loaded = std::mem::take(&mut dealt.jobs);
+    let reported: Vec<usize> = reports.iter().map(|r| r.at).collect();
+    let mut commands: Vec<(String, JobCommand)> = Vec::new();
+    for r in reports {
+        loaded.insert(r.stream.clone(), r.job);
+        commands.push((r.stream, r.command));
     }
-    let commands = dealt
-        .grants
-        .iter()
-        .map(|g| {
-            let s = seekers.iter().find(|s| s.at == g.at).expect("a seeker");
-            let command = JobCommand::GrantLease {
-                run_id: RunId(Uuid::now_v7()),
-                factory_id: s.request.factory_id,
-                factory_capabilities: s.capabilities.clone(),
-                ttl_secs: s.request.ttl_secs,
-                now,
-            };
-            (g.pick.job.job_id.stream_id(&g.pick.job.product_id), command)
-        })
-        .collect();
-    let decided = match decide_loaded::<Job>(&mut tx, commands, dealt.jobs).await {
-        Ok(decided) => decided,
+    for g in &dealt.grants {
+        let s = seekers.iter().find(|s| s.at == g.at).expect("a seeker");
+        let command = JobCommand::GrantLease {
+            run_id: RunId(Uuid::now_v7()),
+            factory_id: s.request.factory_id,
+            factory_capabilities: s.capabilities.clone(),
+            ttl_secs: s.request.ttl_secs,
+            now,
+        };
+        commands.push((g.pick.job.job_id.stream_id(&g.pick.job.product_id), command));
+    }
+    let mut decided = match decide_loaded::<Job>(&mut tx, commands, loaded).await {
+        Ok(decided) => decided.into_iter(),
         Err(ExecError::Conflict(_)) => {
+            // Nothing was appended, the reports neither: every one tries again.
             tx.rollback().await?;
-            for s in &seekers {
-                outcomes[s.at] = Some(Round::Contended);
+            for &at in seekers.iter().map(|s| &s.at).chain(&reported) {
+                outcomes[at] = Some(Round::Contended);
             }
-            return Ok(outcomes.into_iter().map(|o| o.expect("decided")).collect());
+            return Ok(decided_of(outcomes));
         }
         Err(e) => return Err(crate::commands::into_api::<Job>(e)),
     };
-    let mut claimed: HashMap<usize, Vec<Claimed>> = HashMap::new();
     let mut events: Vec<EventRecord> = Vec::new();
+    let mut finished: HashMap<usize, Executed<Job>> = HashMap::new();
+    for (&at, outcome) in reported.iter().zip(decided.by_ref()) {
+        match outcome {
+            Ok(done) => {
+                events.extend(done.events.iter().cloned());
+                finished.insert(at, done);
+            }
+            // Decided as the preview decided: not reached.
+            Err(refused) => outcomes[at] = Some(Round::Refused(ApiError::from(refused))),
+        }
+    }
+    let mut claimed: HashMap<usize, Vec<Claimed>> = HashMap::new();
     let mut raced = dealt.raced;
     for (grant, outcome) in dealt.grants.into_iter().zip(decided) {
         match outcome {
@@ -304,7 +459,11 @@ async fn claim_round(
             Round::Done(got)
         });
     }
-    Ok(outcomes.into_iter().map(|o| o.expect("decided")).collect())
+    Ok(outcomes
+        .into_iter()
+        .enumerate()
+        .map(|(at, o)| (o.expect("decided"), finished.remove(&at)))
+        .collect())
 }
 
 /// Rows per candidate set for a claim of `want` jobs. Concurrent claimers rank the

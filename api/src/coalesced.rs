@@ -1,5 +1,5 @@
 //! The calls this process serves in batches ([`crate::coalesce`]): the token lookup
-//! of every authenticated request, the claim ([`claim_together`]: one transaction
+//! of every authenticated request, the claim ([`serve_claims`]: one transaction
 //! for the concurrent claims of many factories) and the one-job report. Each is exactly what a
 //! lone request would do, set-based: a batch of lookups is one indexed statement; a
 //! batch of reports is one optimistic decision on the job read model and one
@@ -7,7 +7,7 @@
 //! event on its own stream, durable before any of them is answered.
 
 use crate::app::AppState;
-use crate::claim::{claim_together, ClaimRequest, Claimed};
+use crate::claim::{serve_claims, ClaimRequest, Granted};
 use crate::coalesce::{CoalesceError, Coalescer};
 use crate::commands::{execute_many_optimistic, into_api, Executed};
 use crate::error::ApiError;
@@ -45,7 +45,7 @@ pub struct ReportCall {
 type Reported = Result<Executed<Job>, ApiError>;
 
 type ClaimCall = (AppState, ClaimRequest);
-type ClaimAnswer = Result<Vec<Claimed>, ApiError>;
+type ClaimAnswer = Result<Granted, ApiError>;
 
 /// This process's coalescers, started on first use (they need the runtime).
 #[derive(Default)]
@@ -68,7 +68,7 @@ impl Coalesced {
             .map_err(internal)?
     }
 
-    /// Serves one claim (see [`claim_together`]) together with the concurrent ones.
+    /// Serves one claim (see [`serve_claims`]) together with the concurrent ones.
     pub async fn claim(&self, state: &AppState, request: ClaimRequest) -> ClaimAnswer {
         let claims = self
             .claims
@@ -120,7 +120,7 @@ async fn look_up(batch: Vec<Lookup>) -> Vec<Looked> {
 async fn claim(batch: Vec<ClaimCall>) -> Vec<ClaimAnswer> {
     let state = batch[0].0.clone();
     let requests: Vec<ClaimRequest> = batch.into_iter().map(|(_, r)| r).collect();
-    claim_together(&state, &requests).await
+    serve_claims(&state, &requests).await
 }
 
 async fn report(batch: Vec<ReportCall>) -> Vec<Reported> {

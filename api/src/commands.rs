@@ -154,6 +154,21 @@ where
     decide(commands, aggregates).await?.write(conn).await
 }
 
+/// What `command` does to `aggregate`, decided and applied in memory only (nothing
+/// is written): the aggregate after it, or its refusal. A claim carrying a report
+/// needs it before it counts the factory's free slots (a report that ends a run
+/// frees one); the same command on the same aggregate decides the same way when it
+/// is then appended.
+pub async fn preview<A>(aggregate: &A, command: A::Command) -> Result<A, A::Error>
+where
+    A: Aggregate<Services = ()> + Clone,
+{
+    let mut after = aggregate.clone();
+    let sink = EventSink::default();
+    after.handle(command, &(), &sink).await?;
+    Ok(after)
+}
+
 /// Commands decided (pure: no I/O) and the events they would append.
 struct Decided<A: Aggregate> {
     /// Per command: its aggregate and how many of `rows` are its events, or the refusal.

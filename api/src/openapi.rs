@@ -226,6 +226,13 @@ pub struct ReportedBatch {
     pub results: Vec<ReportResult>,
 }
 
+/// The answer of a report-and-claim: the reported job, and the next lease or null.
+#[derive(ToSchema)]
+pub struct ReportedAndClaimed {
+    pub job: JobView,
+    pub next: Option<Claimed>,
+}
+
 #[derive(ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Renewed {

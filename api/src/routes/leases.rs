@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::time::Instant;
 
-#[derive(Deserialize, utoipa::ToSchema)]
+#[derive(Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Claim {
     #[serde(default)]
@@ -55,7 +55,11 @@ pub async fn claim(
     FactoryCaller { factory_id, .. }: FactoryCaller,
     JsonBody(body): JsonBody<Claim>,
 ) -> Result<Response, ApiError> {
-    match wait_for_claims(&state, factory_id, &body, 1).await?.pop() {
+    match wait_for_claims(&state, factory_id, &body, 1, None)
+        .await?
+        .claimed
+        .pop()
+    {
         Some(c) => Ok(Json(claimed_json(&c)).into_response()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
@@ -73,32 +77,17 @@ pub(super) fn claimed_json(c: &claim::Claimed) -> Value {
 }
 
 /// Claims up to `max` jobs for the factory, waiting up to the body's `waitMs` for at
-/// least one; empty: nothing claimable in that time. Validates the body first.
+/// least one; none: nothing claimable in that time. Validates the body first. The
+/// first attempt makes the `finish` report, if any (in its transaction); an error
+/// means nothing was appended.
 pub(super) async fn wait_for_claims(
     state: &AppState,
     factory_id: FactoryId,
     body: &Claim,
     max: usize,
-) -> Result<Vec<claim::Claimed>, ApiError> {
-    if body.wait_ms > MAX_WAIT_MS {
-        return Err(ApiError::invalid(
-            "waitMs",
-            format!("waitMs must be between 0 and {MAX_WAIT_MS}"),
-        ));
-    }
-    let weights = match &body.weights {
-        Some(w) => {
-            Some(WeightOverrides::parse(w).map_err(|e| ApiError::invalid(e.field, e.message))?)
-        }
-        None => None,
-    };
-    let ttl = body.lease_ttl_secs.unwrap_or(LEASE_TTL_DEFAULT_SECS);
-    if !(LEASE_TTL_MIN_SECS..=LEASE_TTL_MAX_SECS).contains(&ttl) {
-        return Err(ApiError::invalid(
-            "leaseTtlSecs",
-            format!("leaseTtlSecs must be between {LEASE_TTL_MIN_SECS} and {LEASE_TTL_MAX_SECS}"),
-        ));
-    }
+    mut finish: Option<claim::Finish>,
+) -> Result<claim::Granted, ApiError> {
+    let (weights, ttl) = claim_terms(body)?;
     let deadline = Instant::now() + Duration::from_millis(body.wait_ms);
     // A commit that may free work wakes one waiting claim, which looks alone (an idle
     // fleet's next job goes out in a transaction of one claim) and then wakes every
@@ -108,6 +97,7 @@ pub(super) async fn wait_for_claims(
     // no one. (The wake-up used to be handed from claim to claim: one transaction
     // per waiting factory, one after the other, for every new job.)
     let mut first_to_wake = false;
+    let mut finished = None;
     loop {
         // Register for wake-ups, then look: a commit while looking wakes this claim
         // to look again, so none is missed.
@@ -131,21 +121,29 @@ pub(super) async fn wait_for_claims(
                 weights: weights.clone(),
                 ttl_secs: ttl,
                 max,
+                finish: finish.take(),
             },
         )
         .await;
         metrics::histogram!("gigafactory_claim_duration_seconds")
             .record(attempt_started.elapsed().as_secs_f64());
         let found = found?;
-        if !found.is_empty() {
+        finished = finished.or(found.finished);
+        if !found.claimed.is_empty() {
             metrics::counter!("gigafactory_claims_total", "outcome" => "granted")
-                .increment(found.len() as u64);
-            return Ok(found);
+                .increment(found.claimed.len() as u64);
+            return Ok(claim::Granted {
+                finished,
+                claimed: found.claimed,
+            });
         }
         let now = Instant::now();
         if now >= deadline || state.shutdown.is_cancelled() {
             metrics::counter!("gigafactory_claims_total", "outcome" => "empty").increment(1);
-            return Ok(vec![]);
+            return Ok(claim::Granted {
+                finished,
+                claimed: vec![],
+            });
         }
         let nap = (deadline - now).min(RECHECK);
         drop(wake_the_rest);
@@ -153,9 +151,33 @@ pub(super) async fn wait_for_claims(
             _ = woken_first => true,
             _ = woken_with_all => false,
             _ = tokio::time::sleep(nap) => false,
-            _ = state.shutdown.cancelled() => return Ok(vec![]),
+            _ = state.shutdown.cancelled() => return Ok(claim::Granted { finished, claimed: vec![] }),
         };
     }
+}
+
+/// The claim's weights and lease length, validated (422 naming the field).
+pub(super) fn claim_terms(body: &Claim) -> Result<(Option<WeightOverrides>, u32), ApiError> {
+    if body.wait_ms > MAX_WAIT_MS {
+        return Err(ApiError::invalid(
+            "waitMs",
+            format!("waitMs must be between 0 and {MAX_WAIT_MS}"),
+        ));
+    }
+    let weights = match &body.weights {
+        Some(w) => {
+            Some(WeightOverrides::parse(w).map_err(|e| ApiError::invalid(e.field, e.message))?)
+        }
+        None => None,
+    };
+    let ttl = body.lease_ttl_secs.unwrap_or(LEASE_TTL_DEFAULT_SECS);
+    if !(LEASE_TTL_MIN_SECS..=LEASE_TTL_MAX_SECS).contains(&ttl) {
+        return Err(ApiError::invalid(
+            "leaseTtlSecs",
+            format!("leaseTtlSecs must be between {LEASE_TTL_MIN_SECS} and {LEASE_TTL_MAX_SECS}"),
+        ));
+    }
+    Ok((weights, ttl))
 }
 
 /// Wakes every waiting claim when dropped, if armed: the claim a commit woke first
@@ -176,7 +198,7 @@ impl Drop for WakeTheRest<'_> {
 /// The job's stream, if this factory's products cover the job (404 otherwise): its
 /// product as remembered (the claim that leased it remembered it), else one indexed
 /// lookup of it.
-async fn factory_stream(
+pub(super) async fn factory_stream(
     state: &AppState,
     caller: FactoryCaller,
     id: &str,

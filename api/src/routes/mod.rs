@@ -3,6 +3,7 @@
 mod artifacts;
 mod audit;
 mod batch;
+mod chained;
 mod events;
 mod factories;
 mod flags;
@@ -49,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(leases::release))
         .routes(routes!(leases::report))
         .routes(routes!(leases::claim))
+        .routes(routes!(chained::report_and_claim))
         .routes(routes!(batch::claim))
         .routes(routes!(batch::report))
         .routes(routes!(artifacts::upload, artifacts::list))

@@ -18,6 +18,7 @@ fn request(factory: &str, max: usize) -> ClaimRequest {
         weights: None,
         ttl_secs: 60,
         max,
+        finish: None,
     }
 }
 

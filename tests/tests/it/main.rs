@@ -5,6 +5,7 @@ mod artifacts;
 mod audit;
 mod bad_input;
 mod batch;
+mod chained;
 mod claims;
 mod coalesced;
 mod leases;

@@ -438,6 +438,7 @@ async fn a_reserved_slot_holds_when_its_factory_claims_together_with_others() {
         weights: None,
         ttl_secs: 60,
         max: 1,
+        finish: None,
     };
     // The other factory first in line: it still may not take the reserved job.
     let outcomes = claim_together(&app.state, &[request(&other), request(&ft)]).await;
