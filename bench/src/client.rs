@@ -176,6 +176,33 @@ impl Api {
         .map(|_| ())
     }
 
+    /// Reports the run succeeded and claims the next job in the same call
+    /// (`POST /fleet/jobs/:id/report-and-claim`): the next lease, if any.
+    pub async fn succeed_and_claim(
+        &self,
+        factory: &str,
+        job: &str,
+        epoch: u64,
+        wait_ms: u32,
+    ) -> anyhow::Result<Option<(String, u64)>> {
+        let answer = self
+            .post_ok(
+                &format!("/fleet/jobs/{job}/report-and-claim"),
+                factory,
+                &json!({"report": {"epoch": epoch, "status": "succeeded", "costUsd": 0.0}, "claim": {"waitMs": wait_ms}}),
+                200,
+            )
+            .await?;
+        let next = &answer["next"];
+        if next.is_null() {
+            return Ok(None);
+        }
+        Ok(Some((
+            next["job"]["id"].as_str().context("job id")?.to_string(),
+            next["lease"]["epoch"].as_u64().context("epoch")?,
+        )))
+    }
+
     /// One batch claim of up to `max` jobs: (job id, epoch) of each lease.
     pub async fn claim_batch(
         &self,

@@ -29,8 +29,28 @@ impl Drain {
     }
 }
 
-/// `factories` claim → report succeeded, one job per claim, until `jobs` runs ended.
-/// Meanwhile a probe submits a job to an unserved product every 20 ms and times each
+/// How a drain's factories report a run and claim the next job.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Calls {
+    /// `POST /fleet/claim`, then `POST /fleet/jobs/:id/report`: two calls per job.
+    ClaimThenReport,
+    /// `POST /fleet/jobs/:id/report-and-claim`: one call per job (a claim alone only
+    /// when the factory holds nothing).
+    ReportAndClaim,
+}
+
+impl Calls {
+    /// The drain's name (its database's, its log lines').
+    pub fn name(self) -> &'static str {
+        match self {
+            Calls::ClaimThenReport => "drain",
+            Calls::ReportAndClaim => "drain_chained",
+        }
+    }
+}
+
+/// `factories` claim → report succeeded, one job per claim, until `jobs` runs ended;
+/// `claim_ms` times each call that leased a job. Meanwhile a probe submits a job to an unserved product every 20 ms and times each
 /// submit's acknowledgement until its event reaches an SSE subscriber, which happens
 /// once the sequencer gave it its position in the log (the read models have it since
 /// its commit: a command writes them in its own transaction).
@@ -40,6 +60,7 @@ pub async fn drain(
     jobs: usize,
     probe_token: &str,
     probe_product: &str,
+    calls: Calls,
 ) -> anyhow::Result<Drain> {
     let done = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(Mutex::new(None::<Instant>));
@@ -65,15 +86,32 @@ pub async fn drain(
         );
         tasks.push(tokio::spawn(async move {
             let mut wait_ms = 0;
-            while done.load(Ordering::Relaxed) < jobs {
+            let mut held: Option<(String, u64)> = None;
+            let finish = |done: &AtomicUsize| {
+                if done.fetch_add(1, Ordering::Relaxed) + 1 == jobs {
+                    *finished.lock().unwrap() = Some(Instant::now());
+                }
+            };
+            while done.load(Ordering::Relaxed) < jobs || held.is_some() {
                 let t = Instant::now();
-                match api.claim(&token, wait_ms).await? {
-                    Some((job, epoch)) => {
-                        latencies.lock().unwrap().push(ms(t.elapsed()));
+                let next = match (held.take(), calls) {
+                    (Some((job, epoch)), Calls::ReportAndClaim) => {
+                        let next = api.succeed_and_claim(&token, &job, epoch, 0).await?;
+                        finish(&done);
+                        next
+                    }
+                    (Some((job, epoch)), Calls::ClaimThenReport) => {
                         api.succeed(&token, &job, epoch).await?;
-                        if done.fetch_add(1, Ordering::Relaxed) + 1 == jobs {
-                            *finished.lock().unwrap() = Some(Instant::now());
-                        }
+                        finish(&done);
+                        continue;
+                    }
+                    (None, _) if done.load(Ordering::Relaxed) >= jobs => break,
+                    (None, _) => api.claim(&token, wait_ms).await?,
+                };
+                match next {
+                    Some(lease) => {
+                        latencies.lock().unwrap().push(ms(t.elapsed()));
+                        held = Some(lease);
                         wait_ms = 0;
                     }
                     // Other claimers hold the rows left: wait for the next change.

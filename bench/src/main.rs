@@ -227,6 +227,7 @@ async fn one_job_drain(
     bin: &std::path::Path,
     dbs: &db::Databases,
     work: &std::path::Path,
+    calls: fleet::Calls,
 ) -> anyhow::Result<(
     fleet::Drain,
     server::Server,
@@ -239,13 +240,13 @@ async fn one_job_drain(
         api,
         operator,
         factories,
-    } = fleet_on(args, bin, dbs, work, "drain", 1).await?;
+    } = fleet_on(args, bin, dbs, work, calls.name(), 1).await?;
     let probe = api.operator_token(&server.admin_token, &["probe"]).await?;
     step(&format!("submitting {} jobs (untimed)", args.jobs));
     api.submit_many(&operator, "bench", args.jobs, args.factories)
         .await?;
-    step("draining with Gigafactory");
-    let drain = fleet::drain(&api, &factories, args.jobs, &probe, "probe").await?;
+    step(&format!("draining with Gigafactory ({})", calls.name()));
+    let drain = fleet::drain(&api, &factories, args.jobs, &probe, "probe", calls).await?;
     Ok((drain, server, api, operator, factories))
 }
 
@@ -260,14 +261,19 @@ async fn graphile_drain(
     graphile::drain(&args.graphile_dir, &url, args.jobs, args.factories, mode).await
 }
 
-/// `--drain-only`: the one-job drain against graphile-worker's default drain.
+/// `--drain-only`: the one-job drains (claim then report; report and claim in one
+/// call) against graphile-worker's default drain.
 async fn drains_only(
     args: &Args,
     bin: &std::path::Path,
     dbs: &db::Databases,
 ) -> anyhow::Result<serde_json::Value> {
     let work = work_dir()?;
-    let (drain, server, ..) = one_job_drain(args, bin, dbs, &work).await?;
+    let (drain, server, ..) =
+        one_job_drain(args, bin, dbs, &work, fleet::Calls::ClaimThenReport).await?;
+    server.stop().await;
+    let (chained, server, ..) =
+        one_job_drain(args, bin, dbs, &work, fleet::Calls::ReportAndClaim).await?;
     server.stop().await;
     let graphile = graphile_drain(args, dbs, "default").await?;
     let _ = std::fs::remove_dir_all(&work);
@@ -279,6 +285,11 @@ async fn drains_only(
         "projectionLagMs": drain.projection_lag_ms,
         "claimsPerTransaction": drain.claims_per_batch,
         "reportsPerStatement": drain.reports_per_batch,
+        "chainedDrainJobsPerSecond": chained.jobs_per_second(),
+        "chainedRatio": chained.jobs_per_second() / graphile.jobs_per_second,
+        "chainedCallMs": chained.claim_ms,
+        "chainedProjectionLagMs": chained.projection_lag_ms,
+        "chainedClaimsPerTransaction": chained.claims_per_batch,
     }))
 }
 
@@ -316,7 +327,8 @@ async fn scenarios(
     let machine = report::Machine::read(dbs).await;
 
     // Gigafactory: drain (+ projection lag), idle latency, lifecycle — one server.
-    let (drain, server, api, operator, factories) = one_job_drain(args, bin, dbs, &work).await?;
+    let (drain, server, api, operator, factories) =
+        one_job_drain(args, bin, dbs, &work, fleet::Calls::ClaimThenReport).await?;
     step("idle enqueue → claim");
     let idle =
         fleet::idle_enqueue_to_claim(&api, &operator, "bench", &factories, args.idle_samples)
@@ -324,6 +336,11 @@ async fn scenarios(
     step("lifecycle");
     let lifecycle =
         fleet::lifecycle(&api, &operator, "bench", &factories, args.lifecycle_jobs).await?;
+    server.stop().await;
+
+    // The one-job drain with the report and the next claim in one call.
+    let (chained, server, ..) =
+        one_job_drain(args, bin, dbs, &work, fleet::Calls::ReportAndClaim).await?;
     server.stop().await;
 
     // Gigafactory's batch endpoints, on a fresh database and server.
@@ -379,6 +396,9 @@ async fn scenarios(
         batched_drain_jobs_per_second: args.jobs as f64 / batched_seconds,
         claim_ms: drain.claim_ms,
         projection_lag_ms: drain.projection_lag_ms,
+        chained_drain_jobs_per_second: chained.jobs_per_second(),
+        chained_call_ms: chained.claim_ms,
+        chained_claims_per_transaction: chained.claims_per_batch,
         claims_per_transaction: drain.claims_per_batch,
         reports_per_statement: drain.reports_per_batch,
         lifecycle_jobs: args.lifecycle_jobs,
