@@ -98,6 +98,10 @@ struct SimulateArgs {
     /// --capacity at once.
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Report each run and claim the next job in one call
+    /// (docs/report-and-claim.md); with --batch 1 only.
+    #[arg(long, conflicts_with = "batch")]
+    chain: bool,
     /// Also write the summary as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -312,6 +316,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<bool> {
         work: Duration::from_millis(args.work_ms),
         artifacts: args.artifacts,
         batch: args.batch,
+        chain: args.chain,
         progress: true,
     })
     .await?;

@@ -36,6 +36,9 @@ pub struct SimulateOptions {
     /// Jobs per claim call: above 1, factories use the batch endpoints
     /// (`/fleet/batch/claim`, `/fleet/batch/report`), up to their capacity.
     pub batch: usize,
+    /// One job per call: each report asks for the next job in the same call
+    /// (`/fleet/jobs/:id/report-and-claim`, docs/report-and-claim.md).
+    pub chain: bool,
     pub progress: bool,
 }
 
@@ -88,6 +91,21 @@ impl Shared {
     fn error(&self, kind: String) {
         *self.errors.lock().unwrap().entry(kind).or_default() += 1;
     }
+
+    /// A call that leased a job, begun at `t`.
+    fn claimed(&self, t: Instant) {
+        self.latencies
+            .lock()
+            .unwrap()
+            .push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+}
+
+/// What a claim call came to.
+enum ClaimCall {
+    Leased(Value),
+    Empty,
+    Failed,
 }
 
 /// POSTs JSON with a bearer token; the status and the JSON answer (`null` when
@@ -264,6 +282,8 @@ async fn factory(
     bar: Option<ProgressBar>,
 ) -> anyhow::Result<()> {
     let mut empty = 0;
+    // The next lease a report-and-claim answered, if any.
+    let mut held: Option<Value> = None;
     let mut last_heartbeat = Instant::now() - Duration::from_secs(60);
     while empty < 3 {
         if last_heartbeat.elapsed() >= Duration::from_secs(10) {
@@ -279,38 +299,18 @@ async fn factory(
             }
             last_heartbeat = Instant::now();
         }
-        let t = Instant::now();
-        let (claim_path, claim_body) = if o.batch > 1 {
-            ("batch/claim", json!({"waitMs": 1000, "max": o.batch}))
-        } else {
-            ("claim", json!({"waitMs": 1000}))
+        let answer = match held.take() {
+            Some(next) => next,
+            None => match claim(&http, &base, &token, &shared, &o).await? {
+                ClaimCall::Leased(answer) => answer,
+                ClaimCall::Empty => {
+                    empty += 1;
+                    continue;
+                }
+                ClaimCall::Failed => continue,
+            },
         };
-        let (status, answer) = post(
-            &http,
-            &format!("{base}/fleet/{claim_path}"),
-            &token,
-            &claim_body,
-        )
-        .await?;
-        match status {
-            200 => {
-                shared
-                    .latencies
-                    .lock()
-                    .unwrap()
-                    .push(t.elapsed().as_secs_f64() * 1000.0);
-                empty = 0;
-            }
-            204 => {
-                empty += 1;
-                continue;
-            }
-            s => {
-                shared.error(error_kind(s, &answer));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        }
+        empty = 0;
         let claims = if o.batch > 1 {
             answer["claims"].as_array().context("claims")?.clone()
         } else {
@@ -322,30 +322,7 @@ async fn factory(
         }
         let mut reports = Vec::with_capacity(claims.len());
         for claim in &claims {
-            let id = claim["job"]["id"].as_str().context("job id")?.to_string();
-            let epoch = claim["lease"]["epoch"].as_u64().context("epoch")?;
-            let fail = rand::thread_rng().gen_bool(o.failure_rate.clamp(0.0, 1.0));
-            if o.artifacts && !fail {
-                let r = http
-                    .post(format!(
-                        "{base}/fleet/jobs/{id}/artifacts?name=result.txt&epoch={epoch}"
-                    ))
-                    .bearer_auth(&token)
-                    .header("content-type", "text/plain")
-                    .body(format!("result of {id}"))
-                    .send()
-                    .await?;
-                if r.status().as_u16() != 201 {
-                    let s = r.status().as_u16();
-                    shared.error(error_kind(s, &r.json().await.unwrap_or(Value::Null)));
-                }
-            }
-            let report = if fail {
-                json!({"jobId": id, "epoch": epoch, "status": "failed", "error": "simulated failure", "costUsd": 0.01})
-            } else {
-                json!({"jobId": id, "epoch": epoch, "status": "succeeded", "costUsd": 0.04})
-            };
-            reports.push(report);
+            reports.push(run(&http, &base, &token, &shared, &o, claim).await?);
         }
         // (status, answer, failed?) per report.
         let mut outcomes: Vec<(u16, Value, bool)> = Vec::with_capacity(reports.len());
@@ -369,17 +346,32 @@ async fn factory(
             }
         } else {
             for report in &reports {
-                let (status, body) = post(
-                    &http,
-                    &format!(
-                        "{base}/fleet/jobs/{}/report",
-                        report["jobId"].as_str().unwrap_or("")
-                    ),
-                    &token,
-                    report,
-                )
-                .await?;
-                outcomes.push((status, body, report["status"] == "failed"));
+                let job = report["jobId"].as_str().unwrap_or("");
+                let failed = report["status"] == "failed";
+                if o.chain {
+                    let t = Instant::now();
+                    let (status, body) = post(
+                        &http,
+                        &format!("{base}/fleet/jobs/{job}/report-and-claim"),
+                        &token,
+                        &json!({"report": report, "claim": {}}),
+                    )
+                    .await?;
+                    if status == 200 && !body["next"].is_null() {
+                        shared.claimed(t);
+                        held = Some(body["next"].clone());
+                    }
+                    outcomes.push((status, body, failed));
+                } else {
+                    let (status, body) = post(
+                        &http,
+                        &format!("{base}/fleet/jobs/{job}/report"),
+                        &token,
+                        report,
+                    )
+                    .await?;
+                    outcomes.push((status, body, failed));
+                }
             }
         }
         for (status, body, failed) in outcomes {
@@ -396,4 +388,75 @@ async fn factory(
         }
     }
     Ok(())
+}
+
+/// One claim call (a batch claim above `--batch 1`), long polling a second; a
+/// failed call is counted by its kind.
+async fn claim(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    shared: &Shared,
+    o: &SimulateOptions,
+) -> anyhow::Result<ClaimCall> {
+    let t = Instant::now();
+    let (claim_path, claim_body) = if o.batch > 1 {
+        ("batch/claim", json!({"waitMs": 1000, "max": o.batch}))
+    } else {
+        ("claim", json!({"waitMs": 1000}))
+    };
+    let (status, answer) = post(
+        http,
+        &format!("{base}/fleet/{claim_path}"),
+        token,
+        &claim_body,
+    )
+    .await?;
+    match status {
+        200 => {
+            shared.claimed(t);
+            Ok(ClaimCall::Leased(answer))
+        }
+        204 => Ok(ClaimCall::Empty),
+        s => {
+            shared.error(error_kind(s, &answer));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok(ClaimCall::Failed)
+        }
+    }
+}
+
+/// One leased job's run: the artifact upload (if asked) and the report to make.
+async fn run(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    shared: &Shared,
+    o: &SimulateOptions,
+    claim: &Value,
+) -> anyhow::Result<Value> {
+    let id = claim["job"]["id"].as_str().context("job id")?.to_string();
+    let epoch = claim["lease"]["epoch"].as_u64().context("epoch")?;
+    let fail = rand::thread_rng().gen_bool(o.failure_rate.clamp(0.0, 1.0));
+    if o.artifacts && !fail {
+        let r = http
+            .post(format!(
+                "{base}/fleet/jobs/{id}/artifacts?name=result.txt&epoch={epoch}"
+            ))
+            .bearer_auth(&token)
+            .header("content-type", "text/plain")
+            .body(format!("result of {id}"))
+            .send()
+            .await?;
+        if r.status().as_u16() != 201 {
+            let s = r.status().as_u16();
+            shared.error(error_kind(s, &r.json().await.unwrap_or(Value::Null)));
+        }
+    }
+    let report = if fail {
+        json!({"jobId": id, "epoch": epoch, "status": "failed", "error": "simulated failure", "costUsd": 0.01})
+    } else {
+        json!({"jobId": id, "epoch": epoch, "status": "succeeded", "costUsd": 0.04})
+    };
+    Ok(report)
 }

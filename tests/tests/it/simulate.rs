@@ -7,15 +7,20 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simulated_fleet_runs_every_job_to_an_end() {
-    runs_every_job_to_an_end(1, 2).await;
+    runs_every_job_to_an_end(1, 2, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_fleet_reporting_and_claiming_in_one_call_runs_every_job_to_an_end() {
+    runs_every_job_to_an_end(1, 1, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simulated_fleet_on_the_batch_endpoints_runs_every_job_to_an_end() {
-    runs_every_job_to_an_end(5, 6).await;
+    runs_every_job_to_an_end(5, 6, false).await;
 }
 
-async fn runs_every_job_to_an_end(batch: usize, capacity: u32) {
+async fn runs_every_job_to_an_end(batch: usize, capacity: u32, chain: bool) {
     let app = spawn_app().await;
     let summary = simulate(SimulateOptions {
         url: app.base.clone(),
@@ -30,6 +35,7 @@ async fn runs_every_job_to_an_end(batch: usize, capacity: u32) {
         work: Duration::from_millis(5),
         artifacts: true,
         batch,
+        chain,
         progress: false,
     })
     .await
@@ -49,6 +55,20 @@ async fn runs_every_job_to_an_end(batch: usize, capacity: u32) {
         assert!(most_grants_in_one_transaction > 1, "batch claims were used");
     } else {
         assert_eq!(most_grants_in_one_transaction, 1, "one lease per claim");
+    }
+    // A report and a lease in one transaction: only report-and-claim makes them.
+    let reports_with_a_lease: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT txid FROM events GROUP BY txid
+         HAVING bool_or(event_type = 'LeaseGranted')
+            AND bool_or(event_type IN ('RunSucceeded', 'RunFailed'))) t",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    if chain {
+        assert!(reports_with_a_lease > 0, "report-and-claim was used");
+    } else {
+        assert_eq!(reports_with_a_lease, 0, "reports and claims apart");
     }
     assert!(summary.runs_succeeded >= 30, "{summary:?}");
     assert!(summary.claim_latency_ms.p50 > 0.0);
