@@ -10,7 +10,8 @@
 //   1. run graphile-worker's migrations on the (fresh, empty) database,
 //   2. add N no-op jobs in bulk via WorkerUtils.addJobs (untimed; chunked so a
 //      single JSON parameter stays reasonable),
-//   3. start a worker (timer starts right before `run()`), poll
+//   3. CHECKPOINT (the setup's writes flushed before the clock starts), then
+//      start a worker (timer starts right before `run()`), poll
 //      `select count(*) from graphile_worker._private_jobs` every ~5 ms until 0
 //      (completed jobs are deleted from that table; since 0.16 `jobs` is a view
 //      and the table is `_private_jobs`), then stop the worker cleanly,
@@ -148,6 +149,10 @@ async function main() {
     if (queued !== jobs) {
       throw new Error(`expected ${jobs} queued jobs after addJobs, found ${queued}`);
     }
+
+    // The setup's dirty pages written out now, not during the timed drain (as the
+    // Gigafactory drains do; see docs/performance.md, method).
+    await utils.withPgClient((client) => client.query("CHECKPOINT"));
 
     // 3. timed drain
     const events = new EventEmitter();

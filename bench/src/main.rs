@@ -245,6 +245,7 @@ async fn one_job_drain(
     step(&format!("submitting {} jobs (untimed)", args.jobs));
     api.submit_many(&operator, "bench", args.jobs, args.factories)
         .await?;
+    dbs.checkpoint().await?;
     step(&format!("draining with Gigafactory ({})", calls.name()));
     let drain = fleet::drain(&api, &factories, args.jobs, &probe, "probe", calls).await?;
     Ok((drain, server, api, operator, factories))
@@ -329,6 +330,11 @@ async fn scenarios(
     // Gigafactory: drain (+ projection lag), idle latency, lifecycle — one server.
     let (drain, server, api, operator, factories) =
         one_job_drain(args, bin, dbs, &work, fleet::Calls::ClaimThenReport).await?;
+    // The one-job drain with the report and the next claim in one call, right after
+    // (the first server idles meanwhile).
+    let (chained, chained_server, ..) =
+        one_job_drain(args, bin, dbs, &work, fleet::Calls::ReportAndClaim).await?;
+    chained_server.stop().await;
     step("idle enqueue → claim");
     let idle =
         fleet::idle_enqueue_to_claim(&api, &operator, "bench", &factories, args.idle_samples)
@@ -336,11 +342,6 @@ async fn scenarios(
     step("lifecycle");
     let lifecycle =
         fleet::lifecycle(&api, &operator, "bench", &factories, args.lifecycle_jobs).await?;
-    server.stop().await;
-
-    // The one-job drain with the report and the next claim in one call.
-    let (chained, server, ..) =
-        one_job_drain(args, bin, dbs, &work, fleet::Calls::ReportAndClaim).await?;
     server.stop().await;
 
     // Gigafactory's batch endpoints, on a fresh database and server.
@@ -353,6 +354,7 @@ async fn scenarios(
     step(&format!("submitting {} jobs (untimed)", args.jobs));
     api.submit_many(&operator, "bench", args.jobs, args.factories)
         .await?;
+    dbs.checkpoint().await?;
     step(&format!(
         "draining with Gigafactory, batches of {}",
         args.batch
