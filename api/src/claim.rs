@@ -250,7 +250,7 @@ async fn claim_round(
         .filter_map(|&i| finishing(i))
         .map(|f| jobs::job_id_of(&f.stream))
         .collect();
-    let mut report_jobs = if report_ids.is_empty() {
+    let report_jobs = if report_ids.is_empty() {
         HashMap::new()
     } else {
         jobs::states_at_clock(&mut tx, &report_ids, state.clock.offset_ms())
@@ -273,7 +273,9 @@ async fn claim_round(
         now = Some(c.now);
         let mut freed = 0;
         if let Some(finish) = finishing(i) {
-            let Some(job) = report_jobs.remove(&jobs::job_id_of(&finish.stream)) else {
+            // Cloned, not taken: another factory of the round reporting the same job
+            // is refused on it (fenced), not told it does not exist.
+            let Some(job) = report_jobs.get(&jobs::job_id_of(&finish.stream)).cloned() else {
                 outcomes[at] = Some(Round::Refused(ApiError::NotFound("job")));
                 continue;
             };
@@ -319,7 +321,12 @@ async fn claim_round(
             nominated: c.nominated,
         });
     }
-    let mut dealt = Dealt::default();
+    // A reported job is not dealt in its own round, even if it is queued again by
+    // now (released or preempted since the read): its stream takes the report.
+    let mut dealt = Dealt {
+        taken: reports.iter().map(|r| jobs::job_id_of(&r.stream)).collect(),
+        ..Dealt::default()
+    };
     if let Some(now) = now.filter(|_| !seekers.is_empty()) {
         // Factories of one profile share a candidate read.
         let mut profiles: BTreeMap<Profile, Vec<&Seeker>> = BTreeMap::new();
@@ -411,8 +418,16 @@ async fn claim_round(
                 events.extend(done.events.iter().cloned());
                 finished.insert(at, done);
             }
-            // Decided as the preview decided: not reached.
-            Err(refused) => outcomes[at] = Some(Round::Refused(ApiError::from(refused))),
+            // The same command on the same job as the preview: not reached. Were it,
+            // committing the round would grant a lease the refused caller is never
+            // told of: nothing is committed, and the next round's preview refuses it.
+            Err(_) => {
+                tx.rollback().await?;
+                for &at in seekers.iter().map(|s| &s.at).chain(&reported) {
+                    outcomes[at] = Some(Round::Contended);
+                }
+                return Ok(decided_of(outcomes));
+            }
         }
     }
     let mut claimed: HashMap<usize, Vec<Claimed>> = HashMap::new();

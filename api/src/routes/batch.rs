@@ -65,7 +65,7 @@ pub async fn claim(
         wait_ms: body.wait_ms,
         lease_ttl_secs: body.lease_ttl_secs,
     };
-    let claimed = wait_for_claims(&state, factory_id, &claim, body.max, None)
+    let claimed = wait_for_claims(&state, factory_id, &claim.terms()?, body.max, None)
         .await?
         .claimed;
     if claimed.is_empty() {

@@ -8,9 +8,7 @@
 #[allow(unused_imports)]
 use crate::openapi::*;
 
-use super::leases::{
-    claim_terms, claimed_json, factory_stream, wait_for_claims, Claim, ReportBody,
-};
+use super::leases::{claimed_json, factory_stream, wait_for_claims, Claim, ReportBody};
 use crate::app::AppState;
 use crate::auth::FactoryCaller;
 use crate::claim::Finish;
@@ -54,8 +52,8 @@ pub async fn report_and_claim(
         command: Arc::new(move |now| report.command(factory_id, jitter, now)),
     };
     // The claim is checked before the report is made: a bad claim appends nothing.
-    claim_terms(&body.claim).map_err(|e| under("claim.", e))?;
-    let granted = wait_for_claims(&state, factory_id, &body.claim, 1, Some(finish))
+    let terms = body.claim.terms().map_err(|e| under("claim.", e))?;
+    let granted = wait_for_claims(&state, factory_id, &terms, 1, Some(finish))
         .await
         .map_err(|e| under("report.", e))?;
     let finished = granted

@@ -55,7 +55,7 @@ pub async fn claim(
     FactoryCaller { factory_id, .. }: FactoryCaller,
     JsonBody(body): JsonBody<Claim>,
 ) -> Result<Response, ApiError> {
-    match wait_for_claims(&state, factory_id, &body, 1, None)
+    match wait_for_claims(&state, factory_id, &body.terms()?, 1, None)
         .await?
         .claimed
         .pop()
@@ -76,19 +76,18 @@ pub(super) fn claimed_json(c: &claim::Claimed) -> Value {
     })
 }
 
-/// Claims up to `max` jobs for the factory, waiting up to the body's `waitMs` for at
-/// least one; none: nothing claimable in that time. Validates the body first. The
-/// first attempt makes the `finish` report, if any (in its transaction); an error
-/// means nothing was appended.
+/// Claims up to `max` jobs for the factory, waiting up to `terms.wait` for at least
+/// one; none: nothing claimable in that time. The first attempt makes the `finish`
+/// report, if any (in its transaction); an error means nothing was appended (once
+/// the report is committed, a later attempt's error answers the report alone).
 pub(super) async fn wait_for_claims(
     state: &AppState,
     factory_id: FactoryId,
-    body: &Claim,
+    terms: &ClaimTerms,
     max: usize,
     mut finish: Option<claim::Finish>,
 ) -> Result<claim::Granted, ApiError> {
-    let (weights, ttl) = claim_terms(body)?;
-    let deadline = Instant::now() + Duration::from_millis(body.wait_ms);
+    let deadline = Instant::now() + terms.wait;
     // A commit that may free work wakes one waiting claim, which looks alone (an idle
     // fleet's next job goes out in a transaction of one claim) and then wakes every
     // other waiting claim at once: the job may be for another factory, or the commit
@@ -117,9 +116,9 @@ pub(super) async fn wait_for_claims(
             state,
             claim::ClaimRequest {
                 factory_id,
-                products: body.product_ids.clone(),
-                weights: weights.clone(),
-                ttl_secs: ttl,
+                products: terms.products.clone(),
+                weights: terms.weights.clone(),
+                ttl_secs: terms.ttl_secs,
                 max,
                 finish: finish.take(),
             },
@@ -127,7 +126,18 @@ pub(super) async fn wait_for_claims(
         .await;
         metrics::histogram!("gigafactory_claim_duration_seconds")
             .record(attempt_started.elapsed().as_secs_f64());
-        let found = found?;
+        let found = match found {
+            Ok(found) => found,
+            // The report committed in an earlier attempt: it is durable, so answer it.
+            Err(e) if finished.is_some() => {
+                tracing::warn!(error = %e, factory_id = %factory_id, "a claim after its committed report failed");
+                return Ok(claim::Granted {
+                    finished,
+                    claimed: vec![],
+                });
+            }
+            Err(e) => return Err(e),
+        };
         finished = finished.or(found.finished);
         if !found.claimed.is_empty() {
             metrics::counter!("gigafactory_claims_total", "outcome" => "granted")
@@ -156,8 +166,29 @@ pub(super) async fn wait_for_claims(
     }
 }
 
+/// A claim body, validated: what [`wait_for_claims`] asks for.
+pub(super) struct ClaimTerms {
+    products: Option<Vec<String>>,
+    weights: Option<WeightOverrides>,
+    ttl_secs: u32,
+    wait: Duration,
+}
+
+impl Claim {
+    /// The claim's terms, validated (422 naming the field).
+    pub(super) fn terms(&self) -> Result<ClaimTerms, ApiError> {
+        let (weights, ttl_secs) = claim_terms(self)?;
+        Ok(ClaimTerms {
+            products: self.product_ids.clone(),
+            weights,
+            ttl_secs,
+            wait: Duration::from_millis(self.wait_ms),
+        })
+    }
+}
+
 /// The claim's weights and lease length, validated (422 naming the field).
-pub(super) fn claim_terms(body: &Claim) -> Result<(Option<WeightOverrides>, u32), ApiError> {
+fn claim_terms(body: &Claim) -> Result<(Option<WeightOverrides>, u32), ApiError> {
     if body.wait_ms > MAX_WAIT_MS {
         return Err(ApiError::invalid(
             "waitMs",

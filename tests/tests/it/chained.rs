@@ -60,6 +60,20 @@ async fn events_of(app: &TestApp, job: &str) -> Vec<(String, String)> {
     .unwrap()
 }
 
+/// The report (`reported`'s last event, of `report_type`) and the lease (`leased`'s
+/// last event) are each their own event on their own stream, committed together.
+async fn one_commit(app: &TestApp, reported: &str, report_type: &str, leased: &str) {
+    let report = events_of(app, reported).await;
+    let lease = events_of(app, leased).await;
+    assert_eq!(report.last().unwrap().0, report_type, "{report:?}");
+    assert_eq!(lease.last().unwrap().0, "LeaseGranted", "{lease:?}");
+    assert_eq!(
+        report.last().unwrap().1,
+        lease.last().unwrap().1,
+        "one transaction"
+    );
+}
+
 async fn stage_of(app: &TestApp, job: &str) -> String {
     sqlx::query_scalar("SELECT stage FROM job_view WHERE job_id = $1::text::uuid")
         .bind(job)
@@ -89,16 +103,7 @@ async fn the_report_ends_the_run_and_the_freed_slot_leases_the_next_job_in_one_c
     assert_eq!(next, ids[1], "capacity 1: the slot the report freed");
     assert!(body["next"]["runId"].is_string() && body["next"]["breakdown"]["total"].is_number());
 
-    // Each is its own event on its own stream, committed together.
-    let first = events_of(&app, &ids[0]).await;
-    let second = events_of(&app, &ids[1]).await;
-    assert_eq!(first.last().unwrap().0, "RunSucceeded", "{first:?}");
-    assert_eq!(second.last().unwrap().0, "LeaseGranted", "{second:?}");
-    assert_eq!(
-        first.last().unwrap().1,
-        second.last().unwrap().1,
-        "one transaction"
-    );
+    one_commit(&app, &ids[0], "RunSucceeded", &ids[1]).await;
     // And the read models have both at the answer.
     assert_eq!(stage_of(&app, &ids[0]).await, "review");
     assert_eq!(stage_of(&app, &ids[1]).await, "leased");
@@ -138,6 +143,24 @@ async fn with_nothing_left_to_claim_the_report_is_made_and_next_is_null() {
     assert_eq!(body["job"]["id"], ids[0].as_str());
     let events = events_of(&app, &ids[0]).await;
     assert_eq!(events.last().unwrap().0, "RunFailed", "{events:?}");
+}
+
+#[tokio::test]
+async fn a_failed_report_frees_the_slot_for_the_next_job() {
+    let app = spawn_app().await;
+    let (_, factory, ids) = scene(&app, 1, &["first", "second"]).await;
+    let (job, epoch) = lease_of(&app.claim(&factory).await.unwrap());
+    let (status, body) = report_and_claim(
+        &app,
+        &factory,
+        &job,
+        json!({"report": {"epoch": epoch, "status": "failed", "error": "boom", "costUsd": 0.5}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(lease_of(&body["next"]).0, ids[1], "{body}");
+    one_commit(&app, &ids[0], "RunFailed", &ids[1]).await;
+    assert_ne!(stage_of(&app, &ids[0]).await, "leased");
 }
 
 #[tokio::test]
@@ -236,7 +259,7 @@ async fn a_fenced_or_invalid_report_appends_nothing_and_claims_nothing() {
 #[tokio::test]
 async fn a_resent_report_appends_nothing_and_a_job_of_another_product_is_not_found() {
     let app = spawn_app().await;
-    let (op, factory, ids) = scene(&app, 2, &["first", "second", "third"]).await;
+    let (op, factory, ids) = scene(&app, 1, &["first", "second", "third"]).await;
     let (job, epoch) = lease_of(&app.claim(&factory).await.unwrap());
     let body = json!({"report": {"epoch": epoch, "status": "succeeded"}});
     let (status, first) = report_and_claim(&app, &factory, &job, body.clone()).await;
@@ -246,12 +269,14 @@ async fn a_resent_report_appends_nothing_and_a_job_of_another_product_is_not_fou
         |events: Vec<(String, String)>| events.iter().filter(|(t, _)| t == "RunSucceeded").count();
 
     // The answer was lost; the factory sends it again: the report is not made twice
-    // (the run already ended), and the free slot takes the next job.
+    // (the run already ended), and it frees no slot — the one slot holds the job the
+    // first call leased.
     let (status, again) = report_and_claim(&app, &factory, &job, body.clone()).await;
     assert_eq!(status, StatusCode::OK, "{again}");
     assert_eq!(again["job"]["stage"], "review");
     assert_eq!(reports(events_of(&app, &ids[0]).await), 1);
-    assert_eq!(lease_of(&again["next"]).0, ids[2]);
+    assert!(again["next"].is_null(), "capacity 1 is full: {again}");
+    assert_eq!(stage_of(&app, &ids[2]).await, "queued");
 
     // A factory of another product does not see the job.
     let op2 = app.operator(&["p2"]).await;
@@ -322,4 +347,141 @@ async fn concurrent_factories_chaining_reports_and_claims_lease_every_job_once()
     .await
     .unwrap();
     assert_eq!(overlapping, 0);
+}
+
+/// Holds `job`'s stream lock (as a claim granting it would) until the transaction
+/// ends: claims step over the job meanwhile.
+async fn hold_stream_lock(app: &TestApp, job: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = app.pool.begin().await.unwrap();
+    let locked: bool = sqlx::query_scalar(
+        "SELECT pg_try_advisory_xact_lock(hashtextextended(aggregate_type || '/' || aggregate_id, 0))
+         FROM events WHERE aggregate_id LIKE '%' || $1 LIMIT 1",
+    )
+    .bind(job)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert!(locked);
+    tx
+}
+
+/// Until `job`'s stage reads `stage`.
+async fn until_stage(app: &TestApp, job: &str, stage: &str) {
+    for _ in 0..200 {
+        if stage_of(app, job).await == stage {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{job} never reached {stage}");
+}
+
+#[tokio::test]
+async fn with_the_next_job_held_elsewhere_the_report_commits_and_the_claim_waits_alone() {
+    let app = spawn_app().await;
+    let (_, factory, ids) = scene(&app, 1, &["first", "second"]).await;
+    let (job, epoch) = lease_of(&app.claim(&factory).await.unwrap());
+    let held = hold_stream_lock(&app, &ids[1]).await;
+    let release = async {
+        // The report is durable while the next job is still out of reach.
+        until_stage(&app, &ids[0], "review").await;
+        assert_eq!(stage_of(&app, &ids[1]).await, "queued");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        held.commit().await.unwrap();
+    };
+    let ((status, body), ()) = tokio::join!(
+        report_and_claim(
+            &app,
+            &factory,
+            &job,
+            json!({"report": {"epoch": epoch, "status": "succeeded"}, "claim": {"waitMs": 5000}}),
+        ),
+        release
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["job"]["stage"], "review");
+    assert_eq!(lease_of(&body["next"]).0, ids[1], "{body}");
+    // Two transactions: the report's, then the claim's alone.
+    let report = events_of(&app, &ids[0]).await;
+    let lease = events_of(&app, &ids[1]).await;
+    assert_eq!(report.last().unwrap().0, "RunSucceeded");
+    assert_eq!(lease.last().unwrap().0, "LeaseGranted");
+    assert_ne!(report.last().unwrap().1, lease.last().unwrap().1);
+    let reports = report.iter().filter(|(t, _)| t == "RunSucceeded").count();
+    assert_eq!(reports, 1, "the retries did not report again: {report:?}");
+}
+
+#[tokio::test]
+async fn a_claim_failing_after_its_report_committed_answers_the_report() {
+    let app = spawn_app().await;
+    let (op, _, ids) = scene(&app, 1, &["first", "second"]).await;
+    let (factory_id, factory) = app.enroll(&op, &["p1"], &[], 1).await;
+    let (job, epoch) = lease_of(&app.claim(&factory).await.unwrap());
+    let held = hold_stream_lock(&app, &ids[1]).await;
+    let revoke = async {
+        // The report is committed and the claim waits: the factory is revoked, so its
+        // next attempt is refused (401).
+        until_stage(&app, &ids[0], "review").await;
+        let r = app
+            .post(
+                &format!("/fleet/factories/{factory_id}/token/revoke"),
+                &op,
+                json!({}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{:?}", r.body);
+    };
+    let ((status, body), ()) = tokio::join!(
+        report_and_claim(
+            &app,
+            &factory,
+            &job,
+            json!({"report": {"epoch": epoch, "status": "succeeded"}, "claim": {"waitMs": 5000}}),
+        ),
+        revoke
+    );
+    held.commit().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "the report is durable: {body}");
+    assert_eq!(body["job"]["stage"], "review");
+    assert!(body["next"].is_null(), "{body}");
+    assert_eq!(stage_of(&app, &ids[1]).await, "queued");
+}
+
+#[tokio::test]
+async fn a_report_that_cannot_be_appended_after_every_retry_answers_conflict_and_appends_nothing() {
+    let app = spawn_app().await;
+    let (_, factory, ids) = scene(&app, 1, &["first", "second"]).await;
+    let (job, epoch) = lease_of(&app.claim(&factory).await.unwrap());
+    // Every append of a run's success conflicts, as if another writer got there first.
+    sqlx::raw_sql(
+        "CREATE FUNCTION test_conflict() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.event_type = 'RunSucceeded' THEN
+             RAISE unique_violation USING MESSAGE = 'test: a concurrent append';
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER test_conflict BEFORE INSERT ON events
+           FOR EACH ROW EXECUTE FUNCTION test_conflict();",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let before = app.event_count().await;
+    let body = json!({"report": {"epoch": epoch, "status": "succeeded"}});
+    let (status, answer) = report_and_claim(&app, &factory, &job, body.clone()).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert_eq!(answer["error"]["code"], "conflict");
+    assert_eq!(app.event_count().await, before, "nothing appended");
+    assert_eq!(stage_of(&app, &ids[0]).await, "leased");
+    assert_eq!(stage_of(&app, &ids[1]).await, "queued");
+
+    // As the answer says: sent again (the conflict gone), it is made.
+    sqlx::raw_sql("DROP TRIGGER test_conflict ON events")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let (status, answer) = report_and_claim(&app, &factory, &job, body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(lease_of(&answer["next"]).0, ids[1]);
 }

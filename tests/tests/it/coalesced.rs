@@ -208,3 +208,56 @@ async fn many_factories_claiming_at_once_over_http_lease_every_job_once() {
     assert_eq!(distinct.len(), all.len(), "no job leased twice");
     assert_eq!(all.len(), 40, "every job leased (48 slots for 40 jobs)");
 }
+
+/// Two factories' reports on one job in one round: the holder's is made, the other's
+/// is refused as fenced (the job exists; it is not that factory's lease).
+#[tokio::test]
+async fn two_reports_on_one_job_in_one_round_make_the_holder_s_and_fence_the_other() {
+    use gigafactory_api::claim::{serve_claims, Finish};
+    use gigafactory_domain::job::{JobCommand, Report, ReportStatus};
+    let app = spawn_app().await;
+    let op = app.operator(&["p1"]).await;
+    let job = submit(&app, &op, "p1", "contested", &[]).await;
+    let (holder, holder_token) = app.enroll(&op, &["p1"], &[], 1).await;
+    let (other, _) = app.enroll(&op, &["p1"], &[], 1).await;
+    let claimed = app.claim(&holder_token).await.expect("leased");
+    let epoch = claimed["lease"]["epoch"].as_u64().unwrap();
+    let stream: String = sqlx::query_scalar(
+        "SELECT aggregate_id FROM events WHERE aggregate_id LIKE '%' || $1 LIMIT 1",
+    )
+    .bind(&job)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let reporting = |factory: &str| {
+        let factory_id = FactoryId(factory.parse().unwrap());
+        ClaimRequest {
+            finish: Some(Finish {
+                stream: stream.clone(),
+                command: std::sync::Arc::new(move |now| JobCommand::Report {
+                    factory_id,
+                    epoch,
+                    status: ReportStatus::Succeeded,
+                    report: Report::default(),
+                    jitter: 0.5,
+                    now,
+                }),
+            }),
+            ..request(factory, 1)
+        }
+    };
+    let outcomes = serve_claims(&app.state, &[reporting(&holder), reporting(&other)]).await;
+    let made = outcomes[0].as_ref().expect("the holder's report");
+    let finished = made.finished.as_ref().expect("made");
+    assert_eq!(finished.events.len(), 1);
+    match &outcomes[1] {
+        Err(ApiError::Fenced { .. }) => {}
+        other => panic!("the other factory's report: {other:?}"),
+    }
+    let reports: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'RunSucceeded'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(reports, 1);
+}
