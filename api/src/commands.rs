@@ -164,9 +164,20 @@ where
     A: Aggregate<Services = ()> + Clone,
 {
     let mut after = aggregate.clone();
-    let sink = EventSink::default();
-    after.handle(command, &(), &sink).await?;
+    decide_one(&mut after, command).await?;
     Ok(after)
+}
+
+/// Runs `command` on `aggregate`, applying its events to it: the events, or the
+/// refusal (the aggregate as it was: our aggregates decide every event before
+/// applying the first).
+async fn decide_one<A>(aggregate: &mut A, command: A::Command) -> Result<Vec<A::Event>, A::Error>
+where
+    A: Aggregate<Services = ()>,
+{
+    let sink = EventSink::default();
+    aggregate.handle(command, &(), &sink).await?;
+    Ok(sink.collect().await)
 }
 
 /// Commands decided (pure: no I/O) and the events they would append.
@@ -211,14 +222,13 @@ where
     for (id, command) in commands {
         let mut aggregate = aggregates.remove(&id).unwrap_or_default();
         let before = aggregate.version();
-        // The sink applies each event to the aggregate; our aggregates decide every
-        // event before writing the first, so a refusal leaves the aggregate as it was.
-        let sink = EventSink::default();
-        if let Err(e) = aggregate.handle(command, &(), &sink).await {
-            outcomes.push(Err(e));
-            continue;
-        }
-        let events = sink.collect().await;
+        let events = match decide_one(&mut aggregate, command).await {
+            Ok(events) => events,
+            Err(e) => {
+                outcomes.push(Err(e));
+                continue;
+            }
+        };
         let product = aggregate.product_id();
         let visible = aggregate.visible_to();
         rows.extend(events.iter().enumerate().map(|(i, e)| {

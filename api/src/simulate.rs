@@ -102,7 +102,7 @@ impl Shared {
 }
 
 /// What a claim call came to.
-enum ClaimCall {
+enum ClaimOutcome {
     Leased(Value),
     Empty,
     Failed,
@@ -302,12 +302,12 @@ async fn factory(
         let answer = match held.take() {
             Some(next) => next,
             None => match claim(&http, &base, &token, &shared, &o).await? {
-                ClaimCall::Leased(answer) => answer,
-                ClaimCall::Empty => {
+                ClaimOutcome::Leased(answer) => answer,
+                ClaimOutcome::Empty => {
                     empty += 1;
                     continue;
                 }
-                ClaimCall::Failed => continue,
+                ClaimOutcome::Failed => continue,
             },
         };
         empty = 0;
@@ -398,7 +398,7 @@ async fn claim(
     token: &str,
     shared: &Shared,
     o: &SimulateOptions,
-) -> anyhow::Result<ClaimCall> {
+) -> anyhow::Result<ClaimOutcome> {
     let t = Instant::now();
     let (claim_path, claim_body) = if o.batch > 1 {
         ("batch/claim", json!({"waitMs": 1000, "max": o.batch}))
@@ -415,13 +415,13 @@ async fn claim(
     match status {
         200 => {
             shared.claimed(t);
-            Ok(ClaimCall::Leased(answer))
+            Ok(ClaimOutcome::Leased(answer))
         }
-        204 => Ok(ClaimCall::Empty),
+        204 => Ok(ClaimOutcome::Empty),
         s => {
             shared.error(error_kind(s, &answer));
             tokio::time::sleep(Duration::from_millis(100)).await;
-            Ok(ClaimCall::Failed)
+            Ok(ClaimOutcome::Failed)
         }
     }
 }
