@@ -244,8 +244,8 @@ where
     A: Aggregate<Services = ()> + Stream + 'static,
 {
     /// The read-model writes that ride along with the append (and the projections
-    /// they cover). Job commands hold the jobs they just advanced: their rows, and the
-    /// timeline of the events appended, are written by the append's own statement.
+    /// they cover). Job commands hold the jobs they just advanced: their rows (and
+    /// their runs') are written by the append's own statement.
     fn along(&self) -> Result<(Vec<Projection>, Vec<log::RideAlong>), ExecError<A::Error>> {
         let jobs: Vec<&Job> = self
             .outcomes
@@ -254,8 +254,8 @@ where
             .filter(|(_, n)| *n > 0)
             .filter_map(|(a, _)| (a as &dyn std::any::Any).downcast_ref::<Job>())
             .collect();
-        let mut written = vec![Projection::Timeline];
-        let mut along = vec![gigafactory_projections::timeline::write_along()];
+        let mut written = Vec::new();
+        let mut along = Vec::new();
         if let Some(job_rows) = gigafactory_projections::jobs::write_along(&jobs) {
             written.push(Projection::Jobs);
             along.push(job_rows);

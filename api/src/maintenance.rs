@@ -25,19 +25,13 @@
 use sqlx::PgPool;
 
 /// The tables whose plans and dead rows matter on the hot path.
-const BUSY_TABLES: [&str; 5] = [
-    "job_view",
-    "run_view",
-    "events",
-    "job_event_view",
-    "event_positions",
-];
+const BUSY_TABLES: [&str; 4] = ["job_view", "run_view", "events", "event_positions"];
 
 /// Changes since the last analysis, as a share of the rows the table had then
 /// (`reltuples`, as autovacuum counts), that make it due:
 /// autovacuum's tenth for the tables whose plans depend on their contents, a whole
 /// table's worth for the append-only ones.
-const ANALYZE_SHARE: [f64; 5] = [0.1, 0.1, 1.0, 1.0, 1.0];
+const ANALYZE_SHARE: [f64; 4] = [0.1, 0.1, 1.0, 1.0];
 
 /// From this many rows (`reltuples`) on, a table is analysed at most every
 /// [`LARGE_TABLE_ANALYZE_PAUSE_SECS`]; smaller ones every 5 seconds at most.

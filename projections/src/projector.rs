@@ -14,7 +14,6 @@ use std::collections::HashMap;
 pub enum Projection {
     Jobs,
     Runs,
-    Timeline,
     Factories,
     Credentials,
     Settings,
@@ -22,10 +21,9 @@ pub enum Projection {
     Artifacts,
 }
 
-pub const PROJECTIONS: [Projection; 8] = [
+pub const PROJECTIONS: [Projection; 7] = [
     Projection::Jobs,
     Projection::Runs,
-    Projection::Timeline,
     Projection::Factories,
     Projection::Credentials,
     Projection::Settings,
@@ -38,7 +36,6 @@ impl Projection {
         match self {
             Self::Jobs => "jobs",
             Self::Runs => "runs",
-            Self::Timeline => "timeline",
             Self::Factories => "factories",
             Self::Credentials => "credentials",
             Self::Settings => "settings",
@@ -53,7 +50,6 @@ impl Projection {
         match self {
             Self::Jobs => &[("job_view", &["job_id"])],
             Self::Runs => &[("run_view", &["run_id"])],
-            Self::Timeline => &[("job_event_view", &["job_id", "sequence"])],
             Self::Factories => &[("factory_view", &["factory_id"])],
             Self::Credentials => &[("credential_view", &["token_hash"])],
             Self::Settings => &[("product_settings_view", &["product_id"])],
@@ -70,7 +66,7 @@ impl Projection {
         use cqrs_es::Aggregate;
         use gigafactory_domain::{access, factory, flags, job, settings};
         match self {
-            Self::Jobs | Self::Timeline => aggregate_type == job::Job::TYPE,
+            Self::Jobs => aggregate_type == job::Job::TYPE,
             Self::Runs => {
                 aggregate_type == job::Job::TYPE && crate::runs::RUN_EVENTS.contains(&event_type)
             }
@@ -88,8 +84,8 @@ impl Projection {
         }
     }
 
-    /// Applies a batch of events in log order. The busy projections (jobs, runs,
-    /// timeline) write a batch in a few statements; the others go event by event
+    /// Applies a batch of events in log order. The busy projections (jobs, runs)
+    /// write a batch in a few statements; the others go event by event
     /// (their events are rare).
     pub async fn apply_batch(
         self,
@@ -99,7 +95,6 @@ impl Projection {
         match self {
             Self::Jobs => crate::jobs::apply_batch(conn, events).await,
             Self::Runs => crate::runs::apply_batch(conn, events).await,
-            Self::Timeline => crate::timeline::apply_batch(conn, events).await,
             _ => {
                 for event in events {
                     self.apply(conn, event).await?;
@@ -117,7 +112,6 @@ impl Projection {
         match self {
             Self::Jobs => crate::jobs::apply(conn, event).await,
             Self::Runs => crate::runs::apply(conn, event).await,
-            Self::Timeline => crate::timeline::apply(conn, event).await,
             Self::Factories => crate::factories::apply(conn, event).await,
             Self::Credentials => crate::credentials::apply(conn, event).await,
             Self::Settings => crate::settings::apply(conn, event).await,

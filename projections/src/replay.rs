@@ -91,13 +91,8 @@ pub async fn rebuild_into(
                     let constrain = format!(
                         "ALTER TABLE {schema}.{table} ADD CONSTRAINT {name} {kind} USING INDEX {name}"
                     );
-                    if APPEND_ONLY_TABLES.contains(&table) {
-                        deferred.push(create);
-                        deferred.push(constrain);
-                    } else {
-                        sqlx::query(&create).execute(&mut *conn).await?;
-                        sqlx::query(&constrain).execute(&mut *conn).await?;
-                    }
+                    sqlx::query(&create).execute(&mut *conn).await?;
+                    sqlx::query(&constrain).execute(&mut *conn).await?;
                 }
                 _ if index.unique || WRITE_PATH_INDEXES.contains(&name.as_str()) => {
                     sqlx::query(&create).execute(&mut *conn).await?;
@@ -188,11 +183,6 @@ pub async fn rebuild_into(
     Ok(applied)
 }
 
-/// Tables a rebuild only appends to, each log event giving one row with its own key:
-/// their keys are built after the rows too (their inserts' `ON CONFLICT DO NOTHING`
-/// names no key, so without one it inserts; a duplicate would fail the key's build).
-const APPEND_ONLY_TABLES: [&str; 1] = ["job_event_view"];
-
 /// Indexes the projections' own writes search by (a cancel ends a job's open run, a
 /// revocation a subject's credentials): built before the rows, not after.
 const WRITE_PATH_INDEXES: [&str; 2] = ["run_view_job", "credential_view_subject"];
@@ -201,9 +191,8 @@ const WRITE_PATH_INDEXES: [&str; 2] = ["run_view_job", "credential_view_subject"
 pub const REPLAY_BATCH: i64 = 5_000;
 
 /// The read models a replay applies side by side (every projection in one group).
-const PARALLEL_GROUPS: [&[Projection]; 3] = [
+const PARALLEL_GROUPS: [&[Projection]; 2] = [
     &[Projection::Jobs],
-    &[Projection::Timeline],
     &[
         Projection::Runs,
         Projection::Factories,

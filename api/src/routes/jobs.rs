@@ -315,8 +315,12 @@ pub async fn events(
         None => 0,
     };
     let mut conn = state.pool.acquire().await?;
-    let job_id = job.spec.as_ref().map(|s| s.job_id.0).unwrap_or_default();
-    let entries = timeline::of_job(&mut conn, job_id, after, limit).await?;
+    let stream = job
+        .spec
+        .as_ref()
+        .map(|s| s.job_id.stream_id(&s.product_id))
+        .unwrap_or_default();
+    let entries = timeline::of_job(&mut conn, &stream, after, limit).await?;
     let next = (entries.len() as i64 == limit)
         .then(|| entries.last().map(|e| e.sequence.to_string()))
         .flatten();

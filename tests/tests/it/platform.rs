@@ -410,12 +410,14 @@ async fn grow(app: &TestApp, insert: &str, n: i64) {
         .unwrap();
 }
 
-/// `n` timeline rows (an append-only table).
-async fn grow_timeline(app: &TestApp, n: i64) {
+/// `n` rows of `event_positions` (an append-only table), past any position the log
+/// will give.
+async fn grow_positions(app: &TestApp, n: i64) {
     grow(
         app,
-        "INSERT INTO job_event_view (job_id, sequence, event_type, payload, recorded_at)
-         SELECT gen_random_uuid(), 1, 'JobSubmitted', '{}', now() FROM generate_series(1, $1)",
+        "INSERT INTO event_positions (position, event_id)
+         SELECT 1000000000000 + c.n + g, 1000000000000 + c.n + g
+         FROM (SELECT count(*) AS n FROM event_positions) c, generate_series(1, $1) g",
         n,
     )
     .await
@@ -451,8 +453,8 @@ async fn analyses(app: &TestApp, table: &str, settle: Duration) -> i64 {
     .unwrap()
 }
 
-async fn timeline_analyses(app: &TestApp, settle: Duration) -> i64 {
-    analyses(app, "job_event_view", settle).await
+async fn position_analyses(app: &TestApp, settle: Duration) -> i64 {
+    analyses(app, "event_positions", settle).await
 }
 
 async fn run_analyses(app: &TestApp, settle: Duration) -> i64 {
@@ -462,19 +464,19 @@ async fn run_analyses(app: &TestApp, settle: Duration) -> i64 {
 #[tokio::test]
 async fn append_only_tables_are_analysed_again_only_when_they_have_doubled() {
     let app = spawn_app().await;
-    // Given a timeline never analysed, 1,000 new rows make it due.
-    grow_timeline(&app, 1_000).await;
-    assert_eq!(timeline_analyses(&app, Duration::from_millis(300)).await, 1);
+    // Given a table of positions never analysed, 1,000 new rows make it due.
+    grow_positions(&app, 1_000).await;
+    assert_eq!(position_analyses(&app, Duration::from_millis(300)).await, 1);
     // 700 more (70 %: autovacuum's rule of a tenth would analyse again) do not,
     // even after the 5 s pause between analyses of one table,
-    grow_timeline(&app, 700).await;
+    grow_positions(&app, 700).await;
     assert_eq!(
-        timeline_analyses(&app, Duration::from_millis(5_200)).await,
+        position_analyses(&app, Duration::from_millis(5_200)).await,
         1
     );
     // but 1,700 since the last analysis of 1,000 rows do.
-    grow_timeline(&app, 1_000).await;
-    assert_eq!(timeline_analyses(&app, Duration::from_millis(300)).await, 2);
+    grow_positions(&app, 1_000).await;
+    assert_eq!(position_analyses(&app, Duration::from_millis(300)).await, 2);
 }
 
 /// Ends every session on `db` except the caller's (a restarted or failed-over server
