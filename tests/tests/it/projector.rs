@@ -750,3 +750,129 @@ async fn one_sequencer_call_positions_a_stream_whose_later_event_has_the_older_t
     assert_eq!(given, 4);
     pool.close().await;
 }
+
+/// What a reader paging the log saw: (position, stream, sequence) in the order read.
+type Seen = Vec<(i64, String, i64)>;
+
+/// Reads positioned events after the last one seen until `stop`, asserting each page
+/// goes on exactly where the last ended (no position appears below one already seen).
+async fn page_the_log(pool: sqlx::PgPool, stop: tokio::sync::watch::Receiver<bool>) -> Seen {
+    let mut seen: Seen = Vec::new();
+    loop {
+        let done = *stop.borrow();
+        let after = seen.last().map(|s| s.0).unwrap_or(0);
+        let page: Vec<(i64, String, i64)> = sqlx::query_as(
+            "SELECT position, aggregate_id, sequence FROM positioned_events
+             WHERE position > $1 ORDER BY position",
+        )
+        .bind(after)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        for (i, row) in page.iter().enumerate() {
+            assert_eq!(
+                row.0,
+                after + 1 + i as i64,
+                "a position was skipped or came late"
+            );
+        }
+        seen.extend(page);
+        if done {
+            return seen;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+}
+
+#[tokio::test]
+async fn writers_committing_out_of_order_while_the_sequencer_runs_lose_no_event_and_keep_each_stream_in_order(
+) {
+    // No server: this test alone calls the sequencer, with batches of 1 to 40.
+    let db = gigafactory_tests::TestDb::create().await;
+    let pool = db.pool(16).await;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let reader = tokio::spawn(page_the_log(pool.clone(), stop.clone()));
+    let sequencer = {
+        let pool = pool.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut calls = 0u32;
+            while !*stop.borrow() {
+                let batch = 1 + (calls * 7 % 40) as i32;
+                gigafactory_projections::log::assign_positions(&pool, batch)
+                    .await
+                    .unwrap();
+                calls += 1;
+                tokio::time::sleep(std::time::Duration::from_millis((calls % 3) as u64)).await;
+            }
+        })
+    };
+    // Given six writers, each round appending to a stream of its own in two
+    // transactions that took their ids in the opposite order of their commits (the
+    // stream's later event has the older transaction id), with pauses in between,
+    let writers: Vec<_> = (0..6u64)
+        .map(|w| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let mut appended = 0i64;
+                for round in 0..25u64 {
+                    let pause = std::time::Duration::from_millis((w + round) % 4);
+                    let mut older = transaction_with_an_id(&pool).await;
+                    let mut younger = transaction_with_an_id(&pool).await;
+                    let (stream, first) = submitted(&format!("w{w}r{round}"));
+                    let extra = ((w + round) % 3) as usize;
+                    let mut rows = vec![first];
+                    rows.extend(followers(&stream, 2, extra));
+                    append(&mut younger, &rows).await.unwrap();
+                    tokio::time::sleep(pause).await;
+                    younger.commit().await.unwrap();
+                    let later = followers(&stream, 2 + extra as u64, 1 + (round % 2) as usize);
+                    appended += (rows.len() + later.len()) as i64;
+                    append(&mut older, &later).await.unwrap();
+                    tokio::time::sleep(pause).await;
+                    older.commit().await.unwrap();
+                }
+                appended
+            })
+        })
+        .collect();
+    let mut appended = 0;
+    for writer in writers {
+        appended += writer.await.unwrap();
+    }
+    // when every event has had time to be positioned (other tests' transactions may
+    // hold the horizon back for a moment),
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let positioned: i64 = sqlx::query_scalar("SELECT count(*) FROM event_positions")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if positioned == appended {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{positioned} of {appended} events positioned"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    stop_tx.send(true).unwrap();
+    sequencer.await.unwrap();
+    let seen = reader.await.unwrap();
+
+    // then the reader saw every event once, at positions 1..n without a gap, and
+    // each stream's events in sequence order from 1.
+    assert_eq!(seen.len() as i64, appended);
+    let mut next_sequence: std::collections::HashMap<&str, i64> = Default::default();
+    for (position, stream, sequence) in &seen {
+        let expected = next_sequence.entry(stream.as_str()).or_insert(1);
+        assert_eq!(
+            sequence, expected,
+            "{stream} out of order at position {position}"
+        );
+        *expected += 1;
+    }
+    assert_eq!(next_sequence.len(), 6 * 25);
+    pool.close().await;
+}
