@@ -207,12 +207,8 @@ async function main() {
     );
 
     const deadline = start + timeoutSeconds * 1000;
-    // Every job has run (its completion may still be on its way to the database).
-    let everyJobRan = false;
-    succeeded.then(() => {
-      everyJobRan = true;
-    });
-    while (!everyJobRan) {
+    // Until every job has run (its completion may still be on its way to the database).
+    while (successes < jobs) {
       if (workerError) throw new Error(`a job failed: ${workerError}`);
       if (runnerDone) {
         throw new Error(
