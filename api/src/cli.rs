@@ -135,9 +135,9 @@ enum EventsCommand {
     },
 }
 
-/// The pool size measured best on a 2-core database (docs/performance.md: 6–12
-/// connections drained ~15 % faster than 20, with a lower claim p99; 4 too few):
-/// fewer backends contend for the database's CPUs, and the rest queue in the pool.
+/// The pool size measured best on a 2-core database (the figures are in
+/// docs/performance.md's profile rows, not repeated here): fewer backends contend
+/// for the database's CPUs, and the rest of the requests queue in the pool.
 const DEFAULT_MAX_CONNECTIONS: u32 = 8;
 
 #[derive(Args)]
